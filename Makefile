@@ -1,0 +1,49 @@
+# The one entry point for developers and CI. `make test` works on a fresh machine that has Python 3
+# and PostgreSQL's server package: it builds .venv, installs the package with its test and dev extras,
+# lints, type-checks and runs the whole test suite against real services it starts itself.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install lint typecheck test unit integration e2e bench demo clean
+
+help:
+	@echo "make test        lint + mypy + every test (unit, integration, e2e)"
+	@echo "make unit        unit tests only"
+	@echo "make integration integration tests only"
+	@echo "make e2e         end-to-end tests against live Airflow processes"
+	@echo "make bench       benchmarks, side by side with Airflow's own triggers"
+	@echo "make demo        run the example DAGs in a local Airflow (ARGS=--keep-running to keep it up)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check airflow_trigger_kit tests dags
+	$(BIN)/ruff format --check airflow_trigger_kit tests dags
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

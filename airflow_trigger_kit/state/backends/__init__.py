@@ -1,0 +1,1 @@
+"""Interchangeable storage for ProcessState: SQLite (embedded default) and PostgreSQL."""

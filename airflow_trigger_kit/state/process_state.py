@@ -1,0 +1,131 @@
+"""ProcessState: a durable ``(namespace, name, key) -> JSON value`` store with versions.
+
+The async methods are the one implementation; the sync methods are twins that run the very same
+coroutines on a private loop (see :mod:`airflow_trigger_kit._sync`). Every write bumps the key's
+version, and ``expected_version`` turns a write into a compare-and-set done by the database in a
+single statement, so two writers can never both win the same version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_trigger_kit._sync import close_on_exit, run_sync
+from airflow_trigger_kit.state.backends.base import StateBackend
+from airflow_trigger_kit.state.model import (
+    StateEntry,
+    StoredEntry,
+    default_writer,
+    encode_value,
+    validate_expected_version,
+    validate_id,
+)
+
+
+class ProcessState:
+    """Key/value state of one process (a watcher, a sensor), identified by namespace and name.
+
+    :param namespace: groups related processes (for example a DAG id or ``"assets"``).
+    :param name: the process inside the namespace (for example a task id or an asset name).
+    :param backend: storage; defaults to the backend configured in ``[trigger_kit]``.
+    :param max_value_bytes: largest JSON value accepted; defaults to
+        ``[trigger_kit] state_max_value_bytes``.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        backend: StateBackend | None = None,
+        max_value_bytes: int | None = None,
+        updated_by: str | None = None,
+    ) -> None:
+        self.namespace = validate_id("namespace", namespace)
+        self.name = validate_id("name", name)
+        if backend is None or max_value_bytes is None:
+            from airflow_trigger_kit.config import StateSettings
+            from airflow_trigger_kit.state.factory import backend_for
+
+            settings = StateSettings.from_config()
+            backend = backend or backend_for(settings)
+            max_value_bytes = max_value_bytes or settings.max_value_bytes
+        self.backend = backend
+        self.max_value_bytes = max_value_bytes
+        self.updated_by = updated_by or default_writer()
+
+    def __repr__(self) -> str:
+        return f"ProcessState(namespace={self.namespace!r}, name={self.name!r}, backend={self.backend.describe()})"
+
+    # -- async API (the implementation) ---------------------------------------------------------
+    async def aget(self, key: str) -> StateEntry | None:
+        return await self.backend.get(self.namespace, self.name, validate_id("key", key))
+
+    async def aset(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
+        """Store ``value`` and return its new version.
+
+        ``expected_version=None`` overwrites; ``0`` requires that the key does not exist yet;
+        ``n`` requires the current version to be ``n``. A mismatch raises ``StateConflict``.
+        """
+        validate_id("key", key)
+        validate_expected_version(expected_version)
+        value_json = encode_value(key, value, self.max_value_bytes)
+        return await self.backend.put(
+            self.namespace,
+            self.name,
+            key,
+            value_json,
+            expected_version=expected_version,
+            updated_by=self.updated_by,
+        )
+
+    async def adelete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed."""
+        return await self.backend.delete(self.namespace, self.name, validate_id("key", key))
+
+    async def alist(self) -> dict[str, StateEntry]:
+        entries = await self.backend.list(self.namespace, self.name)
+        return {e.key: e.entry for e in entries}
+
+    async def aclear(self) -> int:
+        """Delete every key of this process (rewinds a watcher to its start); return the count."""
+        return await self.backend.clear(self.namespace, self.name)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    # -- sync twins -----------------------------------------------------------------------------
+    def get(self, key: str) -> StateEntry | None:
+        return run_sync(self.aget(key))
+
+    def set(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
+        return run_sync(self.aset(key, value, expected_version=expected_version))
+
+    def delete(self, key: str) -> bool:
+        return run_sync(self.adelete(key))
+
+    def list(self) -> dict[str, StateEntry]:
+        return run_sync(self.alist())
+
+    def clear(self) -> int:
+        return run_sync(self.aclear())
+
+
+async def alist_all(backend: StateBackend, namespace: str | None = None) -> list[StoredEntry]:
+    """Every stored entry, optionally of one namespace (for the CLI and operators' tooling)."""
+    if namespace is not None:
+        validate_id("namespace", namespace)
+    return await backend.list(namespace, None)
+
+
+def list_all(backend: StateBackend, namespace: str | None = None) -> list[StoredEntry]:
+    return run_sync(alist_all(backend, namespace))
+
+
+def _register_sync_cleanup() -> None:
+    from airflow_trigger_kit.state.factory import aclose_backends
+
+    close_on_exit(aclose_backends)
+
+
+_register_sync_cleanup()
