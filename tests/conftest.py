@@ -14,6 +14,7 @@ from dataclasses import dataclass
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="trigger-kit-airflow-home-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.path.dirname(os.path.dirname(__file__)), "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ["AIRFLOW__TRIGGER_KIT__STATE_SQLITE_PATH"] = os.path.join(_AIRFLOW_HOME, "state.db")
 
@@ -89,4 +90,24 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def airflow_home() -> str:
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Airflow's metadata database (SQLite in the session's AIRFLOW_HOME), migrated once.
+
+    Needed by ``dag.test()``; migrated in a subprocess so this process' Airflow settings stay as
+    they were configured at import.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    result = subprocess.run(
+        [airflow, "db", "migrate"], capture_output=True, text=True, timeout=600, env=dict(os.environ)
+    )
+    if result.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return _AIRFLOW_HOME

@@ -1,0 +1,92 @@
+"""Settings every watch shares (identity, delivery mode, polling, retries), validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from airflow_trigger_kit.sources.base import JSON
+from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
+
+Mode = Literal["watcher", "sensor"]
+StartFrom = Literal["now", "beginning"]
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """The source-independent kwargs of every trigger in this package.
+
+    :param namespace: ProcessState namespace of the watch's cursor.
+    :param name: ProcessState name of the watch's cursor.
+    :param mode: ``"watcher"`` (AssetWatcher: runs forever, commits after Airflow stored each event)
+        or ``"sensor"`` (deferred sensor: one event from ``cursor``, never writes state).
+    :param start_from: first run only: ``"now"`` reports only what appears later; ``"beginning"``
+        reports what already exists.
+    :param poll_interval: seconds between polls that found nothing.
+    :param max_items: most items in one event; the rest follow in the next events.
+    :param cursor: sensor mode: the cursor to start from (``None``: from the beginning).
+    :param cursor_version: sensor mode: ProcessState version of ``cursor`` (0: none stored yet).
+    :param retry_base_seconds: first backoff delay after a transient error.
+    :param retry_max_seconds: longest backoff delay.
+    """
+
+    namespace: str
+    name: str
+    mode: Mode = "watcher"
+    start_from: StartFrom = "now"
+    poll_interval: float = 5.0
+    max_items: int = 500
+    cursor: JSON = None
+    cursor_version: int = 0
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        try:
+            validate_id("namespace", self.namespace)
+            validate_id("name", self.name)
+        except InvalidStateInput as exc:
+            raise ValueError(str(exc)) from None
+        if self.mode not in ("watcher", "sensor"):
+            raise ValueError(f"mode must be 'watcher' or 'sensor', got {self.mode!r}")
+        if self.start_from not in ("now", "beginning"):
+            raise ValueError(f"start_from must be 'now' or 'beginning', got {self.start_from!r}")
+        _positive("poll_interval", self.poll_interval)
+        _positive("retry_base_seconds", self.retry_base_seconds)
+        _positive("retry_max_seconds", self.retry_max_seconds)
+        if isinstance(self.max_items, bool) or not isinstance(self.max_items, int) or self.max_items < 1:
+            raise ValueError(f"max_items must be an integer >= 1, got {self.max_items!r}")
+        if isinstance(self.cursor_version, bool) or not isinstance(self.cursor_version, int) or self.cursor_version < 0:
+            raise ValueError(f"cursor_version must be an integer >= 0, got {self.cursor_version!r}")
+        if self.mode == "watcher" and (self.cursor is not None or self.cursor_version):
+            raise ValueError(
+                "cursor and cursor_version are for mode='sensor'; a watcher reads its cursor from ProcessState"
+            )
+
+    def to_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "namespace": self.namespace,
+            "name": self.name,
+            "mode": self.mode,
+            "start_from": self.start_from,
+            "poll_interval": self.poll_interval,
+            "max_items": self.max_items,
+            "retry_base_seconds": self.retry_base_seconds,
+            "retry_max_seconds": self.retry_max_seconds,
+        }
+        if self.mode == "sensor":
+            kwargs["cursor"] = self.cursor
+            kwargs["cursor_version"] = self.cursor_version
+        return kwargs
+
+    @staticmethod
+    def max_cursor_bytes() -> int:
+        from airflow_trigger_kit.config import StateSettings
+
+        return StateSettings.from_config().max_value_bytes
+
+
+def _positive(param: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{param} must be a number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,173 @@
+"""Watcher delivery: commit a watermark only after Airflow stored the event it covers.
+
+Design. A watcher trigger opts into Airflow 3.3's shared stream in *ack mode*: the triggerer calls
+:meth:`WatermarkProducer.open_stream`, fans each yielded batch out to the watcher's
+``filter_shared_stream`` (which turns it into one ``TriggerEvent``), and calls
+:meth:`WatermarkProducer.advance` with a contiguous, in-order prefix of batches whose events were
+*confirmed persisted* in the metadata database. ``advance`` is where the watermark moves.
+
+Invariants:
+
+1. **Never lose a change.** The committed cursor only ever covers batches whose events Airflow
+   confirmed stored. A crash anywhere — before the event is stored, after it is stored but before
+   the commit, during the commit — leaves the committed cursor at or before the lost batch, and
+   the next run polls from there again.
+2. **Repeats are recognisable.** Polling the same cursor yields the same items with the same
+   dedup ids, so a batch redelivered after a crash carries the ids of its first delivery.
+3. **Never move backwards, never fork.** Every commit is a compare-and-set against the version
+   this producer last read or wrote. If another triggerer (HA, or a rebalance) committed in
+   between, the write fails with ``StateConflict``, the stream ends, and Airflow re-creates the
+   watcher, which resumes from the newer committed cursor.
+4. **Only clean outcomes commit.** An event whose outcome is not clean (ack timeout, a persist
+   that was never confirmed, no subscriber online) stops the commit at the last clean batch and
+   ends the stream, so the triggerer restarts the watcher from the committed cursor.
+5. **Bounded lead.** At most :data:`MAX_IN_FLIGHT` batches are yielded but not yet committed, so
+   a slow metadata database slows the watch down instead of piling up uncommitted work.
+
+Transient errors (the source, or the state store) are retried with backoff inside the stream;
+permanent ones end the stream with the error, which fails the trigger loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
+
+from airflow_trigger_kit import metrics
+from airflow_trigger_kit.payload import CURSOR_KEY
+from airflow_trigger_kit.retry import Backoff, is_transient
+from airflow_trigger_kit.sources.base import JSON, Source
+from airflow_trigger_kit.state import ProcessState, StateConflict
+
+if TYPE_CHECKING:
+    from airflow_trigger_kit.triggers.base import IncrementalTrigger
+
+MAX_IN_FLIGHT = 4
+COMMIT_ATTEMPTS = 5
+
+
+class WatermarkNotAdvanced(Exception):
+    """Airflow did not confirm an event; the watermark stays and the watcher restarts from it."""
+
+
+@dataclass(frozen=True)
+class PendingCommit:
+    """The broker payload of one yielded batch: the cursor to commit once its event is stored."""
+
+    cursor: JSON
+    items: int
+    sequence: int
+
+
+class WatermarkProducer(SharedStreamProducer):
+    def __init__(self, trigger: IncrementalTrigger, state: ProcessState | None = None) -> None:
+        self.trigger = trigger
+        self.state = state or ProcessState(trigger.namespace, trigger.name)
+        self.committed_version: int | None = None
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._source: Source | None = None
+        self._sequence = 0
+        self.log = trigger.log
+
+    async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
+        source = self.trigger.build_source()
+        self._source = source
+        label = self.trigger._label(source)
+        try:
+            cursor, version = await self._load_or_baseline(source)
+            self.committed_version = version
+            self.log.info("%s: watching from committed cursor version %d", label, version)
+            while True:
+                await self._in_flight.acquire()
+                batch = await self.trigger.next_batch(source, cursor)
+                self._sequence += 1
+                raw_event = self.trigger.payload(source, batch, cursor)
+                self.log.info(
+                    "%s: batch %d with %d item(s) awaiting confirmation",
+                    label,
+                    self._sequence,
+                    len(batch.items),
+                )
+                yield raw_event, PendingCommit(batch.cursor, len(batch.items), self._sequence)
+                cursor = batch.cursor
+        finally:
+            await source.aclose()
+
+    async def advance(self, batch: Sequence[AdvanceItem]) -> None:
+        clean: list[PendingCommit] = []
+        failure: str | None = None
+        for item in batch:
+            self._in_flight.release()
+            if failure is None and item.outcome.is_clean:
+                clean.append(item.broker_payload)
+            elif failure is None:
+                outcome = item.outcome
+                failure = (
+                    f"batch {item.broker_payload.sequence} was not confirmed stored "
+                    f"(acked={outcome.acked}, failed={outcome.failed}, rejected={outcome.rejected})"
+                )
+        if clean:
+            await self._commit(clean[-1])
+        if failure is not None:
+            raise WatermarkNotAdvanced(
+                f"watch {self.trigger.namespace}/{self.trigger.name}: {failure}; the watermark stays at "
+                f"version {self.committed_version} and the watcher resumes from it"
+            )
+
+    async def _commit(self, pending: PendingCommit) -> None:
+        backoff = Backoff(self.trigger.settings.retry_base_seconds, self.trigger.settings.retry_max_seconds)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                self.committed_version = await self.state.aset(
+                    CURSOR_KEY, pending.cursor, expected_version=self.committed_version
+                )
+            except StateConflict:
+                # Another triggerer moved the watermark: stop, and resume from its newer cursor.
+                self.log.warning(
+                    "watch %s/%s: watermark moved by another writer; restarting from the stored cursor",
+                    self.trigger.namespace,
+                    self.trigger.name,
+                )
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or attempt == COMMIT_ATTEMPTS:
+                    raise
+                delay = backoff.next_delay()
+                self.log.warning("commit failed (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            metrics.incr("commits", source=self.trigger.source_kind)
+            self.log.info(
+                "watch %s/%s: committed batch %d as version %d",
+                self.trigger.namespace,
+                self.trigger.name,
+                pending.sequence,
+                self.committed_version,
+            )
+            return
+
+    async def _load_or_baseline(self, source: Source) -> tuple[JSON, int]:
+        """The committed cursor and its version; on the first run, the start_from policy."""
+        backoff = Backoff(self.trigger.settings.retry_base_seconds, self.trigger.settings.retry_max_seconds)
+        while True:
+            try:
+                entry = await self.state.aget(CURSOR_KEY)
+                if entry is not None:
+                    return entry.value, entry.version
+                if self.trigger.settings.start_from == "beginning":
+                    return None, 0
+                cursor = await source.baseline()
+                version = await self.state.aset(CURSOR_KEY, cursor, expected_version=0)
+                return cursor, version
+            except StateConflict:
+                continue  # another triggerer wrote the baseline first: read theirs
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+                self.log.warning("loading the watermark failed (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
