@@ -37,8 +37,8 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     },
 }
 
-TRIGGER_MODULES: list[str] = []
-SENSOR_MODULES: list[str] = []
+TRIGGER_MODULES: list[str] = ["airflow_trigger_kit.triggers.directory"]
+SENSOR_MODULES: list[str] = ["airflow_trigger_kit.sensors.directory"]
 
 
 def get_provider_info() -> dict[str, Any]:

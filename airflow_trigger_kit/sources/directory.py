@@ -1,0 +1,474 @@
+"""Multi-directory detection: new, changed and deleted files in many directories at once.
+
+Design and invariants (the cursor is what makes the watch exact, so read this before changing it):
+
+* **Change stamp.** A file's stamp is ``max(mtime_ns, ctime_ns)``. ``ctime`` cannot be set by
+  users and moves on every write, rename and metadata change, so a file copied with its old mtime
+  (``cp -p``, ``rsync -t``) or renamed into place still gets a fresh stamp.
+* **Settling.** A file is reported only once its stamp is at least ``settle_seconds`` old: any
+  write moves mtime (and so the stamp), so a file still being written is never reported. Writers
+  that publish by rename are seen as complete at once (the rename itself is the last change).
+* **Identity.** A file is identified by its path and inode. A different inode at a known path means
+  a new file was published there (replace-by-rename): that is ``created``. The same inode with a
+  new size or mtime is ``modified``. A known path that is gone is ``deleted``.
+* **Two cursor layouts**, chosen by ``event_kinds``:
+
+  - ``created`` only — *watermark*: per directory a high watermark ``hwm`` (the largest stamp
+    reported) and an ``edge`` of the files reported with a stamp in ``(hwm - lookback, hwm]``,
+    ``{relative_path: [inode, stamp]}``. A file is new when its stamp is above
+    ``hwm - lookback`` and the edge does not hold it. The edge makes files that share one stamp
+    exact (several files per mtime tick), and the lookback window tolerates stamps that arrive
+    slightly out of order. Its size is bounded by the files changed within ``lookback_seconds``,
+    whatever the directory's age or size.
+  - ``modified`` or ``deleted`` requested — *snapshot*: per directory every tracked file,
+    ``{relative_path: [inode, size, mtime_ns]}``. Telling that a file changed or vanished needs
+    remembering it, so this cursor grows with the number of files present (not with history:
+    deleted files leave it).
+
+* **Missing directories** are waited for: nothing is reported and nothing is forgotten while a
+  directory is absent (an unmounted share must not look like "every file deleted"). When it
+  appears, its files are new. An unreadable directory is a permanent error.
+* **Truncation.** Candidates from all directories are sorted by ``(stamp, directory, path)``; the
+  first ``max_items`` are reported and the cursor moves only past them, so the rest come next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import stat as stat_module
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_trigger_kit.sources.base import JSON, Batch, Item, PermanentSourceError, Source, stable_id
+
+log = logging.getLogger(__name__)
+
+EVENT_KINDS = ("created", "modified", "deleted")
+DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "~*")
+CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DirectoryWatchConfig:
+    """Validated, normalized parameters of a multi-directory watch."""
+
+    directories: tuple[str, ...]
+    patterns: tuple[str, ...] = ("*",)
+    recursive: bool = False
+    ignore_patterns: tuple[str, ...] = DEFAULT_IGNORE_PATTERNS
+    event_kinds: tuple[str, ...] = ("created",)
+    settle_seconds: float = 5.0
+    lookback_seconds: float = 60.0
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        directories: str | Sequence[str],
+        patterns: str | Sequence[str] = ("*",),
+        recursive: bool = False,
+        ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
+        event_kinds: str | Sequence[str] = ("created",),
+        settle_seconds: float = 5.0,
+        lookback_seconds: float = 60.0,
+    ) -> DirectoryWatchConfig:
+        dirs = _string_list("directories", directories)
+        if not dirs:
+            raise ValueError("directories must name at least one directory, got []")
+        normalized: list[str] = []
+        for d in dirs:
+            if not os.path.isabs(d):
+                raise ValueError(
+                    f"directories must be absolute paths (the triggerer runs in another working directory), got {d!r}"
+                )
+            path = os.path.normpath(d)
+            if path in normalized:
+                raise ValueError(f"directories lists {d!r} twice")
+            normalized.append(path)
+        pats = _string_list("patterns", patterns)
+        if not pats:
+            raise ValueError("patterns must hold at least one glob pattern such as '*.csv', got []")
+        for p in pats:
+            if "/" in p or os.sep in p:
+                raise ValueError(
+                    f"patterns match file names, not paths (use recursive=True for subdirectories), got {p!r}"
+                )
+        ignores = _string_list("ignore_patterns", ignore_patterns or ())
+        kinds = _event_kinds(event_kinds)
+        if not isinstance(recursive, bool):
+            raise ValueError(f"recursive must be True or False, got {recursive!r}")
+        settle = _non_negative("settle_seconds", settle_seconds)
+        lookback = _non_negative("lookback_seconds", lookback_seconds)
+        return cls(
+            directories=tuple(normalized),
+            patterns=tuple(pats),
+            recursive=recursive,
+            ignore_patterns=tuple(ignores),
+            event_kinds=kinds,
+            settle_seconds=settle,
+            lookback_seconds=lookback,
+        )
+
+    def to_kwargs(self) -> dict[str, JSON]:
+        return {
+            "directories": list(self.directories),
+            "patterns": list(self.patterns),
+            "recursive": self.recursive,
+            "ignore_patterns": list(self.ignore_patterns),
+            "event_kinds": list(self.event_kinds),
+            "settle_seconds": self.settle_seconds,
+            "lookback_seconds": self.lookback_seconds,
+        }
+
+    @property
+    def uses_snapshot(self) -> bool:
+        return self.event_kinds != ("created",)
+
+
+def _string_list(param: str, value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{param} must be a string or a list of strings, got {value!r}")
+    out = []
+    for v in value:
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{param} must hold non-empty strings, got {v!r} in {list(value)!r}")
+        out.append(v)
+    return out
+
+
+def _event_kinds(value: str | Sequence[str]) -> tuple[str, ...]:
+    kinds = _string_list("event_kinds", value)
+    if kinds == ["all"]:
+        return EVENT_KINDS
+    bad = [k for k in kinds if k not in EVENT_KINDS]
+    if bad or not kinds:
+        raise ValueError(f"event_kinds must be 'all' or a list of {', '.join(EVENT_KINDS)}; got {value!r}")
+    return tuple(k for k in EVENT_KINDS if k in kinds)
+
+
+def _non_negative(param: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{param} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scanning (blocking; always called in a worker thread)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileStat:
+    inode: int
+    size: int
+    mtime_ns: int
+    stamp: int
+
+
+@dataclass(frozen=True)
+class DirectoryScan:
+    directory: str
+    exists: bool
+    files: dict[str, FileStat]
+    scanned_at_ns: int
+
+
+def scan_directory(config: DirectoryWatchConfig, directory: str) -> DirectoryScan:
+    """List matching regular files under ``directory`` (blocking: run it in a thread)."""
+    now = time.time_ns()
+    files: dict[str, FileStat] = {}
+    try:
+        top = os.stat(directory)
+    except FileNotFoundError:
+        return DirectoryScan(directory, False, files, now)
+    except PermissionError as exc:
+        raise PermanentSourceError(f"directories: cannot access {directory!r}: permission denied") from exc
+    if not stat_module.S_ISDIR(top.st_mode):
+        raise PermanentSourceError(f"directories: {directory!r} exists but is not a directory")
+    try:
+        _scan_into(config, directory, "", files, top_level=True)
+    except FileNotFoundError:
+        return DirectoryScan(directory, False, {}, now)
+    return DirectoryScan(directory, True, files, now)
+
+
+def _ignored(config: DirectoryWatchConfig, name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in config.ignore_patterns)
+
+
+def _scan_into(
+    config: DirectoryWatchConfig, path: str, prefix: str, files: dict[str, FileStat], *, top_level: bool
+) -> None:
+    try:
+        iterator = os.scandir(path)
+    except PermissionError as exc:
+        if top_level:
+            raise PermanentSourceError(f"directories: cannot read {path!r}: permission denied") from exc
+        log.warning("skipping unreadable subdirectory %s: permission denied", path)
+        return
+    except (FileNotFoundError, NotADirectoryError):
+        if top_level:
+            raise FileNotFoundError(path) from None
+        return
+    with iterator:
+        for entry in iterator:
+            name = entry.name
+            if _ignored(config, name):
+                continue
+            rel = f"{prefix}{name}"
+            try:
+                if entry.is_dir():
+                    if config.recursive:
+                        _scan_into(config, entry.path, f"{rel}/", files, top_level=False)
+                    continue
+                if not any(fnmatch.fnmatchcase(name, p) for p in config.patterns):
+                    continue
+                st = entry.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # vanished between listing and stat
+            except PermissionError:
+                log.warning("skipping %s: permission denied", entry.path)
+                continue
+            if not stat_module.S_ISREG(st.st_mode):
+                continue
+            files[rel] = FileStat(
+                inode=st.st_ino,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                stamp=max(st.st_mtime_ns, st.st_ctime_ns),
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection (pure: scans + cursor in, items + cursor out)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Candidate:
+    directory: str
+    rel: str
+    kind: str
+    inode: int
+    size: int
+    mtime_ns: int
+    stamp: int
+
+    def sort_key(self) -> tuple[int, int, str, str]:
+        # Deletions carry no stamp of their own; they sort after every present file.
+        return (1 if self.kind == "deleted" else 0, self.stamp, self.directory, self.rel)
+
+    def item(self) -> Item:
+        data: dict[str, JSON] = {
+            "kind": self.kind,
+            "directory": self.directory,
+            "path": os.path.join(self.directory, self.rel),
+            "relative_path": self.rel,
+            "name": os.path.basename(self.rel),
+            "size": self.size,
+            "mtime": datetime.fromtimestamp(self.mtime_ns / 1e9, tz=timezone.utc).isoformat(),
+            "mtime_ns": self.mtime_ns,
+            "inode": self.inode,
+        }
+        return Item(
+            stable_id("directory", self.directory, self.rel, self.kind, self.inode, self.size, self.mtime_ns),
+            data,
+        )
+
+
+def empty_cursor(config: DirectoryWatchConfig) -> dict[str, JSON]:
+    layout = "snapshot" if config.uses_snapshot else "watermark"
+    return {"v": CURSOR_VERSION, "layout": layout, "dirs": {}}
+
+
+def check_cursor(config: DirectoryWatchConfig, cursor: JSON) -> dict[str, JSON]:
+    expected = "snapshot" if config.uses_snapshot else "watermark"
+    if not isinstance(cursor, dict) or cursor.get("v") != CURSOR_VERSION or "dirs" not in cursor:
+        raise PermanentSourceError(
+            f"the stored cursor is not a directory-watch cursor (version {CURSOR_VERSION}): {str(cursor)[:200]!r}; "
+            "reset it with `trigger-kit state reset NAMESPACE NAME`"
+        )
+    if cursor.get("layout") != expected:
+        raise PermanentSourceError(
+            f"event_kinds changed: the stored cursor has the {cursor.get('layout')!r} layout but "
+            f"event_kinds={list(config.event_kinds)} needs {expected!r}; reset the watch with "
+            "`trigger-kit state reset NAMESPACE NAME` (choosing start_from) to switch"
+        )
+    return cursor
+
+
+def detect(
+    config: DirectoryWatchConfig,
+    cursor: dict[str, JSON],
+    scans: Iterable[DirectoryScan],
+    max_items: int,
+    now_ns: int,
+) -> Batch:
+    """Compare scans with the cursor; report at most ``max_items`` items and the covering cursor."""
+    settle_ns = int(config.settle_seconds * 1e9)
+    lookback_ns = int(config.lookback_seconds * 1e9)
+    # Copy per directory once, then update in place: the caller's cursor must stay untouched.
+    dirs: dict[str, Any] = {d: _copy_state(v) for d, v in cursor["dirs"].items()}
+    reportable: list[_Candidate] = []
+    silent: list[_Candidate] = []
+    waiting = 0
+    for scan in scans:
+        if not scan.exists:
+            continue
+        state = dirs.get(scan.directory)
+        if config.uses_snapshot:
+            found, unsettled = _snapshot_candidates(state or {"known": {}}, scan, now_ns, settle_ns)
+        else:
+            found, unsettled = _watermark_candidates(
+                state or {"hwm": 0, "edge": {}}, scan, now_ns, settle_ns, lookback_ns
+            )
+        waiting += unsettled
+        for c in found:
+            (reportable if c.kind in config.event_kinds else silent).append(c)
+        if state is None:
+            dirs[scan.directory] = {"known": {}} if config.uses_snapshot else {"hwm": 0, "edge": {}}
+    # Apply changes in stamp order up to the max_items-th reportable one, so the cursor never moves
+    # past a change that was left for the next batch (silent changes included).
+    ordered = sorted([*reportable, *silent], key=_Candidate.sort_key)
+    taken: list[_Candidate] = []
+    more = False
+    for c in ordered:
+        reported = c.kind in config.event_kinds
+        if reported and len(taken) == max_items:
+            more = True
+            break
+        if reported:
+            taken.append(c)
+        if config.uses_snapshot:
+            _apply_snapshot(dirs[c.directory], c)
+        else:
+            _apply_watermark(dirs[c.directory], c)
+    if not config.uses_snapshot:
+        for state in dirs.values():
+            _prune_edge(state, lookback_ns)
+    new_cursor = {**cursor, "dirs": dirs}
+    return Batch(
+        items=[c.item() for c in taken],
+        cursor=new_cursor,
+        more=more,
+        stats={"unsettled": waiting},
+    )
+
+
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in state.items()}
+
+
+def _watermark_candidates(
+    state: dict[str, Any], scan: DirectoryScan, now_ns: int, settle_ns: int, lookback_ns: int
+) -> tuple[list[_Candidate], int]:
+    hwm: int = state["hwm"]
+    edge: dict[str, list[int]] = state["edge"]
+    found: list[_Candidate] = []
+    unsettled = 0
+    for rel, st in scan.files.items():
+        if st.stamp <= hwm - lookback_ns:
+            continue
+        seen = edge.get(rel)
+        if seen is not None and seen[0] == st.inode and seen[1] == st.stamp:
+            continue
+        if now_ns - st.stamp < settle_ns:
+            unsettled += 1
+            continue
+        kind = "modified" if seen is not None and seen[0] == st.inode else "created"
+        found.append(_Candidate(scan.directory, rel, kind, st.inode, st.size, st.mtime_ns, st.stamp))
+    return found, unsettled
+
+
+def _apply_watermark(state: dict[str, Any], c: _Candidate) -> None:
+    state["hwm"] = max(state["hwm"], c.stamp)
+    state["edge"][c.rel] = [c.inode, c.stamp]
+
+
+def _prune_edge(state: dict[str, Any], lookback_ns: int) -> None:
+    floor = state["hwm"] - lookback_ns
+    state["edge"] = {rel: v for rel, v in state["edge"].items() if v[1] > floor}
+
+
+def _snapshot_candidates(
+    state: dict[str, Any], scan: DirectoryScan, now_ns: int, settle_ns: int
+) -> tuple[list[_Candidate], int]:
+    known: dict[str, list[int]] = state["known"]
+    found: list[_Candidate] = []
+    unsettled = 0
+    for rel, st in scan.files.items():
+        prev = known.get(rel)
+        if prev is not None and prev == [st.inode, st.size, st.mtime_ns]:
+            continue
+        if now_ns - st.stamp < settle_ns:
+            unsettled += 1
+            continue
+        kind = "modified" if prev is not None and prev[0] == st.inode else "created"
+        found.append(_Candidate(scan.directory, rel, kind, st.inode, st.size, st.mtime_ns, st.stamp))
+    for rel, prev in known.items():
+        if rel not in scan.files:
+            found.append(_Candidate(scan.directory, rel, "deleted", prev[0], prev[1], prev[2], 0))
+    return found, unsettled
+
+
+def _apply_snapshot(state: dict[str, Any], c: _Candidate) -> None:
+    if c.kind == "deleted":
+        state["known"].pop(c.rel, None)
+    else:
+        state["known"][c.rel] = [c.inode, c.size, c.mtime_ns]
+
+
+# --------------------------------------------------------------------------------------------------
+# The source
+# --------------------------------------------------------------------------------------------------
+class DirectorySource(Source):
+    """Watches ``config.directories``; scanning runs in a worker thread, never on the event loop."""
+
+    kind = "directory"
+
+    def __init__(self, config: DirectoryWatchConfig) -> None:
+        self.config = config
+        self._missing_logged: set[str] = set()
+
+    def describe(self) -> str:
+        return f"directories {list(self.config.directories)} patterns {list(self.config.patterns)}"
+
+    async def _scan_all(self) -> list[DirectoryScan]:
+        scans = await asyncio.to_thread(lambda: [scan_directory(self.config, d) for d in self.config.directories])
+        for scan in scans:
+            if not scan.exists and scan.directory not in self._missing_logged:
+                self._missing_logged.add(scan.directory)
+                log.warning("directory %s does not exist yet; waiting for it to appear", scan.directory)
+            elif scan.exists and scan.directory in self._missing_logged:
+                self._missing_logged.discard(scan.directory)
+                log.info("directory %s appeared; watching it", scan.directory)
+        return scans
+
+    async def baseline(self) -> JSON:
+        scans = await self._scan_all()
+        cursor = empty_cursor(self.config)
+        # Everything settled now counts as seen; files still being written are reported later.
+        batch = detect(self.config, cursor, scans, max_items=10**12, now_ns=time.time_ns())
+        return batch.cursor
+
+    async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
+        current = empty_cursor(self.config) if cursor is None else check_cursor(self.config, cursor)
+        scans = await self._scan_all()
+        return detect(self.config, current, scans, max_items, now_ns=time.time_ns())
+
+    def describe_cursor(self, cursor: JSON | None) -> JSON:
+        if cursor is None:
+            return None
+        summary: dict[str, JSON] = {}
+        for directory, state in cursor.get("dirs", {}).items():
+            if "hwm" in state:
+                summary[directory] = {"hwm_ns": state["hwm"], "edge": len(state["edge"])}
+            else:
+                summary[directory] = {"tracked": len(state["known"])}
+        return summary

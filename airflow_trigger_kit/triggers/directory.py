@@ -1,0 +1,77 @@
+"""MultiDirectoryTrigger: one trigger over many directories and patterns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from airflow_trigger_kit.settings import Mode, StartFrom, WatchSettings
+from airflow_trigger_kit.sources.base import JSON, Source
+from airflow_trigger_kit.sources.directory import (
+    DEFAULT_IGNORE_PATTERNS,
+    DirectorySource,
+    DirectoryWatchConfig,
+)
+from airflow_trigger_kit.triggers.base import IncrementalTrigger
+
+
+class MultiDirectoryTrigger(IncrementalTrigger):
+    """Fires when files appear, change or vanish in any of several directories.
+
+    Reports which file was found where (directory, path, relative path, size, mtime, kind) and
+    reports a file only after it stopped changing for ``settle_seconds``. Parameters are listed in
+    ``docs/directory.md``; the common ones (``namespace``, ``name``, ``mode``, ``start_from``,
+    ``poll_interval``, ``max_items``, retries) in :class:`~airflow_trigger_kit.settings.WatchSettings`.
+
+    Errors: a directory that does not exist is waited for (logged once); a directory that cannot be
+    read, or a path that is not a directory, is permanent and fails the trigger with its path.
+    Filesystem errors of single files (vanished between listing and stat) are skipped.
+    """
+
+    source_kind = "directory"
+
+    def __init__(
+        self,
+        *,
+        directories: str | Sequence[str],
+        namespace: str,
+        name: str,
+        patterns: str | Sequence[str] = ("*",),
+        recursive: bool = False,
+        ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
+        event_kinds: str | Sequence[str] = ("created",),
+        settle_seconds: float = 5.0,
+        lookback_seconds: float = 60.0,
+        mode: Mode = "watcher",
+        start_from: StartFrom = "now",
+        poll_interval: float = 5.0,
+        max_items: int = 500,
+        cursor: JSON = None,
+        cursor_version: int = 0,
+        retry_base_seconds: float = 1.0,
+        retry_max_seconds: float = 60.0,
+    ) -> None:
+        self.config = DirectoryWatchConfig.create(
+            directories=directories,
+            patterns=patterns,
+            recursive=recursive,
+            ignore_patterns=ignore_patterns,
+            event_kinds=event_kinds,
+            settle_seconds=settle_seconds,
+            lookback_seconds=lookback_seconds,
+        )
+        settings = WatchSettings(
+            namespace=namespace,
+            name=name,
+            mode=mode,
+            start_from=start_from,
+            poll_interval=poll_interval,
+            max_items=max_items,
+            cursor=cursor,
+            cursor_version=cursor_version,
+            retry_base_seconds=retry_base_seconds,
+            retry_max_seconds=retry_max_seconds,
+        )
+        super().__init__(source_kwargs=self.config.to_kwargs(), settings=settings)
+
+    def build_source(self) -> Source:
+        return DirectorySource(self.config)
