@@ -27,8 +27,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_trigger_kit tests dags
-	$(BIN)/ruff format --check airflow_trigger_kit tests dags
+	$(BIN)/ruff check airflow_trigger_kit tests dags benchmarks
+	$(BIN)/ruff format --check airflow_trigger_kit tests dags benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -44,6 +44,9 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_directories $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

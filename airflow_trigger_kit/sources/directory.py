@@ -14,12 +14,14 @@ Design and invariants (the cursor is what makes the watch exact, so read this be
 * **Two cursor layouts**, chosen by ``event_kinds``:
 
   - ``created`` only — *watermark*: per directory a high watermark ``hwm`` (the largest stamp
-    reported) and an ``edge`` of the files reported with a stamp in ``(hwm - lookback, hwm]``,
-    ``{relative_path: [inode, stamp]}``. A file is new when its stamp is above
-    ``hwm - lookback`` and the edge does not hold it. The edge makes files that share one stamp
-    exact (several files per mtime tick), and the lookback window tolerates stamps that arrive
-    slightly out of order. Its size is bounded by the files changed within ``lookback_seconds``,
-    whatever the directory's age or size.
+    reported), an ``edge`` of the files reported with a stamp in ``(hwm - lookback, hwm]``,
+    ``{relative_path: [inode, stamp]}``, and a ``floor``. A file is new when its stamp is above
+    ``max(hwm - lookback, floor)`` and the edge does not hold it. The edge makes files that share
+    one stamp exact (many files per clock tick), and the lookback window tolerates files that
+    become visible slightly late (network filesystems' attribute caches). The edge holds at most
+    :data:`EDGE_LIMIT` files across all directories: under a burst, the oldest entries are dropped
+    and ``floor`` rises to the newest dropped stamp (never to ``hwm``), i.e. the lookback shrinks
+    for that burst. So the cursor stays bounded whatever the directory's size, age or write rate.
   - ``modified`` or ``deleted`` requested — *snapshot*: per directory every tracked file,
     ``{relative_path: [inode, size, mtime_ns]}``. Telling that a file changed or vanished needs
     remembering it, so this cursor grows with the number of files present (not with history:
@@ -52,6 +54,11 @@ log = logging.getLogger(__name__)
 EVENT_KINDS = ("created", "modified", "deleted")
 DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "~*")
 CURSOR_VERSION = 1
+EDGE_LIMIT = 500
+"""Most files remembered in the watermark edge, across all directories (about 50 bytes each)."""
+QUIET_MARGIN_NS = 2_000_000_000
+"""A directory whose mtime is at least this much older than the last scan, and unchanged since,
+has had no entry added, removed or renamed (margin for coarse filesystem clocks)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class DirectoryWatchConfig:
     ignore_patterns: tuple[str, ...] = DEFAULT_IGNORE_PATTERNS
     event_kinds: tuple[str, ...] = ("created",)
     settle_seconds: float = 5.0
-    lookback_seconds: float = 60.0
+    lookback_seconds: float = 10.0
 
     @classmethod
     def create(
@@ -76,7 +83,7 @@ class DirectoryWatchConfig:
         ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
         event_kinds: str | Sequence[str] = ("created",),
         settle_seconds: float = 5.0,
-        lookback_seconds: float = 60.0,
+        lookback_seconds: float = 10.0,
     ) -> DirectoryWatchConfig:
         dirs = _string_list("directories", directories)
         if not dirs:
@@ -179,6 +186,9 @@ class DirectoryScan:
     exists: bool
     files: dict[str, FileStat]
     scanned_at_ns: int
+    dir_mtime_ns: int = 0
+    skipped: bool = False
+    """True when the listing was skipped because the directory provably gained no entry."""
 
 
 def scan_directory(config: DirectoryWatchConfig, directory: str) -> DirectoryScan:
@@ -197,7 +207,7 @@ def scan_directory(config: DirectoryWatchConfig, directory: str) -> DirectorySca
         _scan_into(config, directory, "", files, top_level=True)
     except FileNotFoundError:
         return DirectoryScan(directory, False, {}, now)
-    return DirectoryScan(directory, True, files, now)
+    return DirectoryScan(directory, True, files, now, dir_mtime_ns=top.st_mtime_ns)
 
 
 def _ignored(config: DirectoryWatchConfig, name: str) -> bool:
@@ -317,9 +327,9 @@ def detect(
     dirs: dict[str, Any] = {d: _copy_state(v) for d, v in cursor["dirs"].items()}
     reportable: list[_Candidate] = []
     silent: list[_Candidate] = []
-    waiting = 0
+    waiting: dict[str, int] = {}
     for scan in scans:
-        if not scan.exists:
+        if not scan.exists or scan.skipped:
             continue
         state = dirs.get(scan.directory)
         if config.uses_snapshot:
@@ -328,7 +338,7 @@ def detect(
             found, unsettled = _watermark_candidates(
                 state or {"hwm": 0, "edge": {}}, scan, now_ns, settle_ns, lookback_ns
             )
-        waiting += unsettled
+        waiting[scan.directory] = unsettled
         for c in found:
             (reportable if c.kind in config.event_kinds else silent).append(c)
         if state is None:
@@ -350,14 +360,15 @@ def detect(
         else:
             _apply_watermark(dirs[c.directory], c)
     if not config.uses_snapshot:
+        limit = max(20, EDGE_LIMIT // max(1, len(config.directories)))
         for state in dirs.values():
-            _prune_edge(state, lookback_ns)
+            _prune_edge(state, lookback_ns, limit)
     new_cursor = {**cursor, "dirs": dirs}
     return Batch(
         items=[c.item() for c in taken],
         cursor=new_cursor,
         more=more,
-        stats={"unsettled": waiting},
+        stats={"unsettled": sum(waiting.values()), "unsettled_by_directory": waiting},
     )
 
 
@@ -370,10 +381,11 @@ def _watermark_candidates(
 ) -> tuple[list[_Candidate], int]:
     hwm: int = state["hwm"]
     edge: dict[str, list[int]] = state["edge"]
+    seen_below = max(hwm - lookback_ns, state.get("floor", hwm - lookback_ns))
     found: list[_Candidate] = []
     unsettled = 0
     for rel, st in scan.files.items():
-        if st.stamp <= hwm - lookback_ns:
+        if st.stamp <= seen_below:
             continue
         seen = edge.get(rel)
         if seen is not None and seen[0] == st.inode and seen[1] == st.stamp:
@@ -391,9 +403,21 @@ def _apply_watermark(state: dict[str, Any], c: _Candidate) -> None:
     state["edge"][c.rel] = [c.inode, c.stamp]
 
 
-def _prune_edge(state: dict[str, Any], lookback_ns: int) -> None:
-    floor = state["hwm"] - lookback_ns
-    state["edge"] = {rel: v for rel, v in state["edge"].items() if v[1] > floor}
+def _prune_edge(state: dict[str, Any], lookback_ns: int, limit: int) -> None:
+    """Keep the edge to the lookback window and to ``limit`` entries (raising ``floor`` if needed)."""
+    window_floor = state["hwm"] - lookback_ns
+    floor = max(window_floor, state.get("floor", window_floor))
+    edge = {rel: v for rel, v in state["edge"].items() if v[1] > floor}
+    if len(edge) > limit:
+        newest_first = sorted(edge.items(), key=lambda kv: kv[1][1], reverse=True)
+        cut_stamp = newest_first[limit][1][1]
+        if cut_stamp >= state["hwm"]:
+            # Never treat the hwm tick as seen: files sharing it may still be unreported.
+            edge = {rel: v for rel, v in edge.items() if v[1] >= state["hwm"]}
+        else:
+            edge = {rel: v for rel, v in edge.items() if v[1] > cut_stamp}
+            state["floor"] = max(state.get("floor", cut_stamp), cut_stamp)
+    state["edge"] = edge
 
 
 def _snapshot_candidates(
@@ -435,32 +459,68 @@ class DirectorySource(Source):
     def __init__(self, config: DirectoryWatchConfig) -> None:
         self.config = config
         self._missing_logged: set[str] = set()
+        # directory -> (its mtime, when it was listed) after a listing that left nothing pending
+        self._quiet: dict[str, tuple[int, int]] = {}
 
     def describe(self) -> str:
         return f"directories {list(self.config.directories)} patterns {list(self.config.patterns)}"
 
-    async def _scan_all(self) -> list[DirectoryScan]:
-        scans = await asyncio.to_thread(lambda: [scan_directory(self.config, d) for d in self.config.directories])
-        for scan in scans:
-            if not scan.exists and scan.directory not in self._missing_logged:
-                self._missing_logged.add(scan.directory)
-                log.warning("directory %s does not exist yet; waiting for it to appear", scan.directory)
-            elif scan.exists and scan.directory in self._missing_logged:
-                self._missing_logged.discard(scan.directory)
-                log.info("directory %s appeared; watching it", scan.directory)
-        return scans
-
     async def baseline(self) -> JSON:
-        scans = await self._scan_all()
-        cursor = empty_cursor(self.config)
-        # Everything settled now counts as seen; files still being written are reported later.
-        batch = detect(self.config, cursor, scans, max_items=10**12, now_ns=time.time_ns())
-        return batch.cursor
+        def compute() -> JSON:
+            scans = [self._scan(d, allow_skip=False) for d in self.config.directories]
+            # Everything settled now counts as seen; files still being written are reported later.
+            return detect(self.config, empty_cursor(self.config), scans, 10**12, now_ns=time.time_ns()).cursor
+
+        return await asyncio.to_thread(compute)
 
     async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
         current = empty_cursor(self.config) if cursor is None else check_cursor(self.config, cursor)
-        scans = await self._scan_all()
-        return detect(self.config, current, scans, max_items, now_ns=time.time_ns())
+        # Listing, stat calls and the comparison all run in a worker thread: on a directory of
+        # 50,000 files they take tens of milliseconds that the triggerer's event loop must not lose.
+        return await asyncio.to_thread(self._poll_blocking, current, max_items)
+
+    def _poll_blocking(self, cursor: dict[str, JSON], max_items: int) -> Batch:
+        scans = [self._scan(d, allow_skip=True) for d in self.config.directories]
+        batch = detect(self.config, cursor, scans, max_items, now_ns=time.time_ns())
+        self._remember_quiet(scans, batch)
+        return batch
+
+    def _scan(self, directory: str, *, allow_skip: bool) -> DirectoryScan:
+        """List one directory, or skip the listing when it provably gained no entry.
+
+        Only for ``created``-only, non-recursive watches: adding, removing or renaming an entry
+        moves the directory's mtime, and in-place changes are not reported in that mode. A
+        subdirectory's changes do not move its parent's mtime, hence no skipping when recursive.
+        """
+        quiet = self._quiet.get(directory)
+        if allow_skip and quiet is not None and not self.config.recursive and not self.config.uses_snapshot:
+            try:
+                st = os.stat(directory)
+            except OSError:
+                st = None
+            if st is not None and st.st_mtime_ns == quiet[0] and quiet[0] < quiet[1] - QUIET_MARGIN_NS:
+                return DirectoryScan(directory, True, {}, time.time_ns(), st.st_mtime_ns, skipped=True)
+        scan = scan_directory(self.config, directory)
+        if not scan.exists and directory not in self._missing_logged:
+            self._missing_logged.add(directory)
+            log.warning("directory %s does not exist yet; waiting for it to appear", directory)
+        elif scan.exists and directory in self._missing_logged:
+            self._missing_logged.discard(directory)
+            log.info("directory %s appeared; watching it", directory)
+        return scan
+
+    def _remember_quiet(self, scans: list[DirectoryScan], batch: Batch) -> None:
+        if batch.more:
+            self._quiet.clear()  # something is still to report: list everything next time
+            return
+        pending: dict[str, int] = batch.stats.get("unsettled_by_directory", {})
+        for scan in scans:
+            if scan.skipped:
+                continue
+            if scan.exists and pending.get(scan.directory, 0) == 0:
+                self._quiet[scan.directory] = (scan.dir_mtime_ns, scan.scanned_at_ns)
+            else:
+                self._quiet.pop(scan.directory, None)
 
     def describe_cursor(self, cursor: JSON | None) -> JSON:
         if cursor is None:

@@ -348,3 +348,35 @@ async def test_two_triggerers_lose_nothing_and_never_move_the_watermark_backward
     assert final is not None
     total = sum(len(h.items()) for h in harnesses)
     print(f"\nHA: {len(names)} files, {total} deliveries ({total - len(names)} duplicates), {restarts} restarts")
+
+
+async def test_quiet_directories_are_not_listed_again_and_new_files_are_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """created-only watches skip listing a directory whose mtime shows no new entry."""
+    from airflow_trigger_kit.sources import directory as directory_module
+
+    monkeypatch.setattr(directory_module, "QUIET_MARGIN_NS", 100_000_000)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    for n in range(20):
+        (tmp_path / f"old{n}.csv").write_text("x")
+    await asyncio.sleep(0.3)
+    source = sensor_trigger([tmp_path], None).build_source()
+    cursor = await source.baseline()
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    batch = await source.poll(cursor, 100)  # lists (nothing remembered yet), remembers quiet
+    assert batch.items == [] and len(listed) == 1
+    for _ in range(5):
+        assert (await source.poll(batch.cursor, 100)).items == []
+    assert len(listed) == 1, "a quiet directory was listed again"
+    (tmp_path / "new.csv").write_text("x")
+    await asyncio.sleep(0.4)
+    found = await source.poll(batch.cursor, 100)
+    assert [i["name"] for i in (it.to_json() for it in found.items)] == ["new.csv"]
+    assert len(listed) == 2

@@ -213,3 +213,40 @@ def test_cursor_layout_mismatch_is_a_clear_permanent_error() -> None:
 def test_invalid_configuration_names_parameter_and_value(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DirectoryWatchConfig.create(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_burst_keeps_the_cursor_bounded_and_loses_nothing() -> None:
+    """50,000 files land within one second: batches of 5,000, edge capped, every file once."""
+    from airflow_trigger_kit.sources.directory import EDGE_LIMIT
+
+    c = cfg(lookback_seconds=60)
+    files = {f"{n:06d}.csv": (n + 1, 10, 100 * S + n * 20_000) for n in range(50_000)}
+    the_scan = DirectoryScan(D, True, {rel: FileStat(i, sz, t, t) for rel, (i, sz, t) in files.items()}, 0)
+    cursor = empty_cursor(c)
+    reported: list[str] = []
+    sizes = []
+    while True:
+        batch = detect(c, cursor, [the_scan], max_items=5_000, now_ns=300 * S)
+        reported += [i.data["relative_path"] for i in batch.items]
+        cursor = batch.cursor
+        sizes.append(len(json.dumps(cursor)))
+        if not batch.items:
+            break
+    assert sorted(reported) == sorted(files), "a file was lost or repeated"
+    assert len(cursor["dirs"][D]["edge"]) <= EDGE_LIMIT
+    assert max(sizes) < 40_000, f"cursor grew to {max(sizes)} bytes"
+
+
+def test_floor_never_swallows_unreported_files_sharing_the_hwm_tick() -> None:
+    from airflow_trigger_kit.sources.directory import EDGE_LIMIT
+
+    c = cfg()
+    n_files = EDGE_LIMIT + 300  # more files on one clock tick than the edge may hold
+    files = {f"f{n:05d}.csv": (n + 1, 1, 100) for n in range(n_files)}
+    cursor = empty_cursor(c)
+    reported: set[str] = set()
+    for _ in range(10):
+        batch = detect(c, cursor, [scan(files)], max_items=200, now_ns=200 * S)
+        reported |= {i.data["relative_path"] for i in batch.items}
+        cursor = batch.cursor
+    assert reported == set(files)
