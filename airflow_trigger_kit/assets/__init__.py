@@ -128,4 +128,13 @@ def items_from_events(
     return items
 
 
-__all__ = ["ASSET_NAMESPACE", "directory_asset", "items_from_events", "payloads_from_events", "watched_asset"]
+from airflow_trigger_kit.assets.s3 import s3_asset  # noqa: E402 - defined on top of watched_asset
+
+__all__ = [
+    "ASSET_NAMESPACE",
+    "directory_asset",
+    "items_from_events",
+    "payloads_from_events",
+    "s3_asset",
+    "watched_asset",
+]

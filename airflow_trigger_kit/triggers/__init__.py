@@ -2,5 +2,6 @@
 
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 from airflow_trigger_kit.triggers.directory import MultiDirectoryTrigger
+from airflow_trigger_kit.triggers.s3 import S3ObjectsTrigger
 
-__all__ = ["IncrementalTrigger", "MultiDirectoryTrigger"]
+__all__ = ["IncrementalTrigger", "MultiDirectoryTrigger", "S3ObjectsTrigger"]

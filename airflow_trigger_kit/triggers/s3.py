@@ -1,0 +1,114 @@
+"""S3ObjectsTrigger: new and changed objects under S3 prefixes, without touching the bucket."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID, aresolve_client_config
+from airflow_trigger_kit.settings import Mode, StartFrom, WatchSettings
+from airflow_trigger_kit.sources.base import JSON, Source
+from airflow_trigger_kit.sources.s3 import S3Source, S3WatchConfig
+from airflow_trigger_kit.triggers.base import IncrementalTrigger
+
+
+class S3ObjectsTrigger(IncrementalTrigger):
+    """Fires once per new (and, optionally, overwritten or deleted) object under ``prefixes``.
+
+    Unlike ``S3KeyTrigger``, which fires for as long as a key exists, this trigger keeps a cursor,
+    so an object is reported once and the bucket is left untouched (no deleting or moving objects
+    to avoid re-triggering). Each item carries ``bucket``, ``key``, ``uri``, ``prefix``, ``size``,
+    ``etag``, ``last_modified`` (ISO 8601), ``kind`` and ``dedup_id``.
+
+    :param bucket: the bucket name (no ``s3://``).
+    :param prefixes: one prefix or several non-overlapping ones (``""``: the whole bucket).
+    :param glob: fnmatch pattern(s) on the full key (``*`` also matches ``/``); any may match.
+    :param regex: a regular expression searched in the full key (instead of ``glob``).
+    :param min_size: ignore objects smaller than this many bytes.
+    :param event_kinds: ``created`` (default), ``modified``, ``deleted``, or ``"all"``.
+    :param key_order: ``"any"`` (full listing each poll, any key layout) or ``"lexicographic"``
+        (list after the last key seen: one request per prefix per empty poll; for keys that grow
+        over time; ``created`` only).
+    :param lookback_seconds: ``key_order="any"`` with ``created`` only: how far behind the newest
+        object a late object (a multipart upload, whose LastModified is its start time) may be and
+        still be reported. Set it above your longest upload.
+    :param aws_conn_id: Airflow AWS connection, looked up when the trigger runs (``None``:
+        botocore's default credential chain). A missing ``aws_default`` also means the default chain.
+
+    The common parameters (``namespace``, ``name``, ``mode``, ``start_from``, ``poll_interval``,
+    ``max_items``, retries) are those of :class:`~airflow_trigger_kit.settings.WatchSettings`.
+    The design, the cursor layouts and their sizes are described in
+    :mod:`airflow_trigger_kit.sources.s3` and ``docs/s3.md``.
+
+    Errors: a missing bucket, denied access and rejected credentials fail the trigger with a
+    message naming bucket, prefix and conn id; throttling and network errors are retried with
+    exponential backoff.
+    """
+
+    source_kind = "s3"
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        namespace: str,
+        name: str,
+        prefixes: str | Sequence[str] = "",
+        glob: str | Sequence[str] | None = None,
+        regex: str | None = None,
+        min_size: int = 0,
+        event_kinds: str | Sequence[str] = ("created",),
+        key_order: str = "any",
+        lookback_seconds: float = 3600,
+        aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
+        mode: Mode = "watcher",
+        start_from: StartFrom = "now",
+        poll_interval: float = 30.0,
+        max_items: int = 500,
+        cursor: JSON = None,
+        cursor_version: int = 0,
+        retry_base_seconds: float = 1.0,
+        retry_max_seconds: float = 60.0,
+    ) -> None:
+        self.config = S3WatchConfig.create(
+            bucket=bucket,
+            prefixes=prefixes,
+            glob=glob,
+            regex=regex,
+            min_size=min_size,
+            event_kinds=event_kinds,
+            key_order=key_order,
+            lookback_seconds=lookback_seconds,
+        )
+        self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
+        settings = WatchSettings(
+            namespace=namespace,
+            name=name,
+            mode=mode,
+            start_from=start_from,
+            poll_interval=poll_interval,
+            max_items=max_items,
+            cursor=cursor,
+            cursor_version=cursor_version,
+            retry_base_seconds=retry_base_seconds,
+            retry_max_seconds=retry_max_seconds,
+        )
+        super().__init__(
+            source_kwargs={**self.config.to_kwargs(), "aws_conn_id": self.aws_conn_id},
+            settings=settings,
+        )
+
+    def build_source(self) -> Source:
+        return S3Source(
+            self.config,
+            resolve_client=functools.partial(aresolve_client_config, self.aws_conn_id),
+            conn_id=self.aws_conn_id,
+        )
+
+
+def validate_aws_conn_id(aws_conn_id: str | None) -> str | None:
+    if aws_conn_id is not None and (not isinstance(aws_conn_id, str) or not aws_conn_id.strip()):
+        raise ValueError(
+            f"aws_conn_id must be an Airflow connection id or None (botocore's default chain), got {aws_conn_id!r}"
+        )
+    return aws_conn_id
