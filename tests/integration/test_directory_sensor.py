@@ -144,7 +144,7 @@ def test_trigger_timeout_behaves_as_airflow_sensors(tmp_path: Path, soft_fail: b
 
 
 def test_bad_input_fails_at_dag_parse_time(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="directories must be absolute paths.*'uploads'"):
+    with pytest.raises(ValueError, match=r"directories must be absolute paths.*'uploads'"):
         make_sensor(tmp_path, directories=["uploads"])
     with pytest.raises(ValueError, match="commit must be 'auto' or 'manual', got 'later'"):
         make_sensor(tmp_path, commit="later")
