@@ -37,8 +37,16 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     },
 }
 
-TRIGGER_MODULES: list[str] = ["airflow_trigger_kit.triggers.directory", "airflow_trigger_kit.triggers.s3"]
-SENSOR_MODULES: list[str] = ["airflow_trigger_kit.sensors.directory", "airflow_trigger_kit.sensors.s3"]
+TRIGGER_MODULES: list[str] = [
+    "airflow_trigger_kit.triggers.directory",
+    "airflow_trigger_kit.triggers.s3",
+    "airflow_trigger_kit.triggers.postgres",
+]
+SENSOR_MODULES: list[str] = [
+    "airflow_trigger_kit.sensors.directory",
+    "airflow_trigger_kit.sensors.s3",
+    "airflow_trigger_kit.sensors.postgres",
+]
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -128,6 +128,7 @@ def items_from_events(
     return items
 
 
+from airflow_trigger_kit.assets.postgres import postgres_asset  # noqa: E402 - defined on top of watched_asset
 from airflow_trigger_kit.assets.s3 import s3_asset  # noqa: E402 - defined on top of watched_asset
 
 __all__ = [
@@ -135,6 +136,7 @@ __all__ = [
     "directory_asset",
     "items_from_events",
     "payloads_from_events",
+    "postgres_asset",
     "s3_asset",
     "watched_asset",
 ]

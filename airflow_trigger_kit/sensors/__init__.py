@@ -2,6 +2,7 @@
 
 from airflow_trigger_kit.sensors.base import IncrementalSensor
 from airflow_trigger_kit.sensors.directory import MultiDirectorySensor
+from airflow_trigger_kit.sensors.postgres import PostgresRowsSensor
 from airflow_trigger_kit.sensors.s3 import S3ObjectsSensor
 
-__all__ = ["IncrementalSensor", "MultiDirectorySensor", "S3ObjectsSensor"]
+__all__ = ["IncrementalSensor", "MultiDirectorySensor", "PostgresRowsSensor", "S3ObjectsSensor"]

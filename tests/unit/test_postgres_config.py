@@ -1,0 +1,239 @@
+"""Postgres watch: parameter validation, identifier parsing, SQL fragment checks, serialization."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from airflow_trigger_kit.sources.postgres import (
+    PostgresWatchConfig,
+    check_sql_fragment,
+    column_list,
+    normalize_query,
+    parse_table,
+    quote_ident,
+)
+from airflow_trigger_kit.triggers.postgres import PostgresRowsTrigger
+
+pytestmark = pytest.mark.unit
+
+
+# -- identifiers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("public.orders", ("public", "orders")),
+        ("orders", ("public", "orders")),
+        ("Sales.Orders", ("sales", "orders")),
+        ('sales."Order Lines"', ("sales", "Order Lines")),
+        ('"My.Schema"."a""b"', ("My.Schema", 'a"b')),
+        (("sales", "Orders; DROP TABLE x"), ("sales", "Orders; DROP TABLE x")),
+        (["orders"], ("public", "orders")),
+    ],
+)
+def test_parse_table_follows_sql_spelling(value: Any, expected: tuple[str, str]) -> None:
+    assert parse_table(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("orders; DROP TABLE orders", "is not a plain SQL identifier"),
+        ("public.orders --", "is not a plain SQL identifier"),
+        ("orders WHERE true", "is not a plain SQL identifier"),
+        ("(select 1)", "is not a plain SQL identifier"),
+        ('public."orders', "unterminated double quote"),
+        ("a.b.c", "expected 'schema.table' or 'table'"),
+        ("public.", "ends with '.'"),
+        ("", "table must name a table"),
+        (("a", ""), "non-empty strings"),
+        (42, "table must be"),
+        ('"x"y', "expected '.' after a quoted name"),
+    ],
+)
+def test_parse_table_rejects_anything_but_names(value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_table(value)
+
+
+def test_quote_ident_doubles_quotes_and_refuses_nul() -> None:
+    assert quote_ident('a"; DROP TABLE t; --') == '"a""; DROP TABLE t; --"'
+    assert quote_ident("Order Lines") == '"Order Lines"'
+    with pytest.raises(ValueError, match="NUL"):
+        quote_ident("a\x00b")
+
+
+def test_column_list_takes_exact_names() -> None:
+    assert column_list("columns", "UpdatedAt") == ["UpdatedAt"]
+    assert column_list("columns", ["a", "b"]) == ["a", "b"]
+    assert column_list("columns", None) is None
+    with pytest.raises(ValueError, match=r"pass a list such as \['updated_at', 'id'\]"):
+        column_list("watermark_columns", "updated_at,id")
+    with pytest.raises(ValueError, match="lists a column twice"):
+        column_list("columns", ["a", "a"])
+    with pytest.raises(ValueError, match="at least one column"):
+        column_list("columns", [])
+
+
+# -- user SQL ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        "status = 'paid'",
+        "note = 'a;b' AND x = 1",
+        "note = 'it''s; fine'",
+        "note = E'\\'; still a string'",
+        "note = $$ ; $$ OR note = $tag$ ; ) $tag$",
+        '"weird;col" = 1',
+        "a = 1 -- a comment; with a semicolon\n",
+        "a = 1 /* nested /* ; */ comment */",
+        "amount > (SELECT avg(amount) FROM orders)",
+        "a$b = 1",
+    ],
+)
+def test_sql_fragment_accepts_one_expression(text: str) -> None:
+    check_sql_fragment("filter", text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("true; DELETE FROM orders", "filter must be a single SQL expression: found ';' at position 4"),
+        ("status = 'paid'; DROP TABLE orders; --", "found ';'"),
+        ("true) UNION SELECT passwd FROM pg_shadow --", "closes a parenthesis that filter did not open"),
+        ("(true", "1 unclosed '('"),
+        ("a = 'unterminated", "unterminated string literal"),
+        ('"unterminated', "unterminated quoted identifier"),
+        ("a = 1 /* open", "unterminated /* comment"),
+        ("a = $x$ open", "unterminated dollar-quoted string"),
+        ("a = $1", "placeholders such as $1 are not supported"),
+        ("   ", "must be a non-empty SQL string"),
+        ("a\x00", "NUL"),
+    ],
+)
+def test_sql_fragment_rejects_more_than_one_expression(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_sql_fragment("filter", text)
+
+
+def test_query_is_normalized_and_must_be_a_select() -> None:
+    assert normalize_query("  SELECT 1;  ") == "SELECT 1"
+    assert (
+        normalize_query("/* c */ WITH x AS (SELECT 1) SELECT * FROM x")
+        == "/* c */ WITH x AS (SELECT 1) SELECT * FROM x"
+    )
+    with pytest.raises(ValueError, match="must be a SELECT"):
+        normalize_query("DELETE FROM orders")
+    with pytest.raises(ValueError, match="query must be a single SQL statement: found ';'"):
+        normalize_query("SELECT 1; DELETE FROM orders")
+
+
+# -- configuration --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"detection": "cdc", "table": "t"}, "detection must be one of watermark, row_count, query_change; got 'cdc'"),
+        ({"table": "t"}, "needs watermark_columns"),
+        ({"watermark_columns": ["id"]}, "detection='watermark' needs table"),
+        ({"table": "t", "watermark_columns": ["id"], "lookback": -1}, "lookback must be a number >= 0"),
+        ({"table": "t", "watermark_columns": ["id"], "statement_timeout": 0}, "statement_timeout must be between"),
+        ({"table": "t", "watermark_columns": ["id"], "statement_timeout": "5"}, "statement_timeout must be a number"),
+        ({"table": "t", "xid_column": "x", "watermark_columns": ["id", "x"]}, "must be the first of watermark_columns"),
+        ({"table": "t", "xid_column": "x", "lookback": 60}, "lookback=60 is not needed with xid_column"),
+        ({"table": "t", "watermark_columns": ["id"], "query": "select 1"}, "query is for detection='query_change'"),
+        ({"detection": "query_change"}, "needs query"),
+        ({"detection": "query_change", "query": "select 1", "table": "t"}, "remove table"),
+        ({"detection": "row_count", "table": "t", "watermark_columns": ["id"]}, "remove watermark_columns"),
+        (
+            {"table": "t", "watermark_columns": ["id"], "filter": "1; select 2"},
+            "filter must be a single SQL expression",
+        ),
+        ({"table": "t; drop table t", "watermark_columns": ["id"]}, "not a plain SQL identifier"),
+    ],
+)
+def test_invalid_parameters_are_named_with_their_value(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PostgresWatchConfig.create(**kwargs)
+
+
+def test_xid_column_defaults_the_order_and_turns_lookback_off() -> None:
+    config = PostgresWatchConfig.create(table="t", xid_column="xmin8")
+    assert config.watermark_columns == ("xmin8",) and config.lookback == 0.0
+    assert "lookback" not in config.to_kwargs()
+
+
+def test_table_name_is_spelled_for_sql() -> None:
+    assert PostgresWatchConfig.create(table="Sales.Orders", watermark_columns="id").table_name == "sales.orders"
+    config = PostgresWatchConfig.create(table=("Sales", "Order Lines"), watermark_columns="id")
+    assert config.table_name == '"Sales"."Order Lines"'
+
+
+# -- trigger serialization --------------------------------------------------------------------------
+TRIGGER_CASES: list[dict[str, Any]] = [
+    {"namespace": "n", "name": "w", "table": "public.orders", "watermark_columns": ["updated_at", "id"]},
+    {
+        "namespace": "dags",
+        "name": "orders",
+        "table": 'sales."Order Lines"',
+        "columns": ["id", "amount"],
+        "watermark_columns": "updated_at",
+        "key_columns": ["id"],
+        "filter": "status = 'paid' AND note <> 'a;b'",
+        "lookback": 120,
+        "statement_timeout": 5,
+        "postgres_conn_id": "orders_db",
+        "start_from": "beginning",
+        "poll_interval": 2,
+        "max_items": 50,
+        "retry_base_seconds": 0.5,
+        "retry_max_seconds": 5,
+    },
+    {"namespace": "n", "name": "w", "table": ("s", "t"), "xid_column": "xmin8"},
+    {"namespace": "n", "name": "w", "table": "t", "watermark_columns": ["id"], "lookback": 0},
+    {"namespace": "n", "name": "w", "table": "t", "detection": "row_count", "filter": "x > 1"},
+    {"namespace": "n", "name": "w", "detection": "query_change", "query": "SELECT max(id) FROM t;"},
+    {
+        "namespace": "n",
+        "name": "w",
+        "table": "t",
+        "watermark_columns": ["id"],
+        "mode": "sensor",
+        "cursor": {"v": 1, "d": "watermark", "cols": ["id"], "pos": ["41"], "lo": ["3"], "seg": []},
+        "cursor_version": 7,
+    },
+]
+
+
+@pytest.mark.parametrize("kwargs", TRIGGER_CASES)
+def test_trigger_round_trip_is_exact_json_safe_and_secret_free(kwargs: dict[str, Any]) -> None:
+    trigger = PostgresRowsTrigger(**kwargs)
+    classpath, serialized = trigger.serialize()
+    assert classpath == "airflow_trigger_kit.triggers.postgres.PostgresRowsTrigger"
+    assert json.loads(json.dumps(serialized)) == serialized
+    assert PostgresRowsTrigger(**serialized).serialize() == (classpath, serialized)
+    assert serialized["postgres_conn_id"] == kwargs.get("postgres_conn_id", "postgres_default")
+    assert not any("password" in str(k).lower() or k == "dsn" for k in serialized)
+
+
+def test_trigger_rejects_a_blank_conn_id() -> None:
+    with pytest.raises(ValueError, match="postgres_conn_id must be an Airflow connection id, got ''"):
+        PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", postgres_conn_id="")
+
+
+def test_watcher_shares_a_stream_keyed_by_identity() -> None:
+    watcher = PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id")
+    assert watcher.shared_stream_key() == (
+        "airflow_trigger_kit",
+        "airflow_trigger_kit.triggers.postgres.PostgresRowsTrigger",
+        "n",
+        "w",
+    )
+    assert (
+        PostgresRowsTrigger(
+            namespace="n", name="w", table="t", watermark_columns="id", mode="sensor"
+        ).shared_stream_key()
+        is None
+    )

@@ -1,0 +1,223 @@
+"""Postgres watch: pure logic — JSON-safe values, error classes, the lookback window, fingerprints."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import ipaddress
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from airflow_trigger_kit.retry import is_transient
+from airflow_trigger_kit.sources.base import PermanentSourceError, TransientSourceError
+from airflow_trigger_kit.sources.postgres import (
+    HASH_HEX,
+    MAX_EXACT_ROWS,
+    MAX_SEGMENTS,
+    MAX_WINDOW_BYTES,
+    SEGMENT_ROWS,
+    Segment,
+    append_rows,
+    classify_error,
+    compact_window,
+    describe_target,
+    result_fingerprint,
+    row_digest,
+    short_hash,
+    to_json_safe,
+    window_bytes,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_values_become_json_safe() -> None:
+    tz = dt.timezone(dt.timedelta(hours=2))
+    value = {
+        "ts": dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=tz),
+        "d": dt.date(2026, 1, 2),
+        "t": dt.time(3, 4, 5),
+        "iv": dt.timedelta(minutes=1, microseconds=500000),
+        "dec": decimal.Decimal("12.50"),
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "u": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "b": b"\x00\x01\xff",
+        "arr": [[1, 2], [3, None]],
+        "ip": ipaddress.ip_network("10.0.0.0/8"),
+        "range": asyncpg.Range(1, 5, upper_inc=True),
+        "bits": asyncpg.BitString("101"),
+        "j": {"nested": [1, "x"]},
+    }
+    safe = to_json_safe(value)
+    assert json.loads(json.dumps(safe, allow_nan=False)) == safe
+    assert safe == {
+        "ts": "2026-01-02T03:04:05.123456+02:00",
+        "d": "2026-01-02",
+        "t": "03:04:05",
+        "iv": 60.5,
+        "dec": "12.50",
+        "nan": "NaN",
+        "inf": "-Infinity",
+        "u": "12345678-1234-5678-1234-567812345678",
+        "b": "AAH/",
+        "arr": [[1, 2], [3, None]],
+        "ip": "10.0.0.0/8",
+        "range": {"lower": 1, "upper": 5, "lower_inc": True, "upper_inc": True, "empty": False},
+        "bits": "101",
+        "j": {"nested": [1, "x"]},
+    }
+
+
+# -- error classes ---------------------------------------------------------------------------------------
+def _pg_error(cls: type[asyncpg.PostgresError], message: str) -> asyncpg.PostgresError:
+    return cls(message)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "fragment"),
+    [
+        (_pg_error(asyncpg.InvalidPasswordError, "password authentication failed"), PermanentSourceError, "password"),
+        (
+            _pg_error(asyncpg.InvalidAuthorizationSpecificationError, 'role "x" does not exist'),
+            PermanentSourceError,
+            "login",
+        ),
+        (_pg_error(asyncpg.InvalidCatalogNameError, 'database "x" does not exist'), PermanentSourceError, "3D000"),
+        (
+            _pg_error(asyncpg.InsufficientPrivilegeError, "permission denied"),
+            PermanentSourceError,
+            "grant the role SELECT",
+        ),
+        (_pg_error(asyncpg.UndefinedColumnError, "no column"), PermanentSourceError, "42703"),
+        (_pg_error(asyncpg.ReadOnlySQLTransactionError, "read-only"), PermanentSourceError, "25006"),
+        (_pg_error(asyncpg.QueryCanceledError, "statement timeout"), TransientSourceError, "statement_timeout"),
+        (_pg_error(asyncpg.AdminShutdownError, "terminating connection"), TransientSourceError, "57P01"),
+        (_pg_error(asyncpg.CannotConnectNowError, "starting up"), TransientSourceError, "57P03"),
+        (_pg_error(asyncpg.TooManyConnectionsError, "too many"), TransientSourceError, "53300"),
+        (_pg_error(asyncpg.SerializationError, "serialize"), TransientSourceError, "40001"),
+        (asyncpg.ConnectionDoesNotExistError("closed in the middle"), TransientSourceError, "08003"),
+        (ConnectionRefusedError(111, "refused"), TransientSourceError, "ConnectionRefusedError"),
+        (asyncio.TimeoutError(), TransientSourceError, "TimeoutError"),
+    ],
+)
+def test_errors_are_classified(exc: BaseException, kind: type[Exception], fragment: str) -> None:
+    """Rejected credentials are permanent; asserted here because the test cluster trusts every login."""
+    error = classify_error(exc, context="postgres watch of public.orders via postgres_conn_id='db'")
+    assert isinstance(error, kind)
+    assert "public.orders" in str(error) and fragment in str(error)
+    assert is_transient(error) is (kind is TransientSourceError)
+
+
+def test_bugs_are_not_classified_as_source_errors() -> None:
+    assert classify_error(KeyError("x"), context="c") is None
+    assert classify_error(asyncpg.InterfaceError("another operation is in progress"), context="c") is None
+    closed = classify_error(asyncpg.InterfaceError("connection is closed"), context="c", connection_closed=True)
+    assert isinstance(closed, TransientSourceError)
+    # A backend killed between two statements: asyncpg's protocol is left mid-error until it sees
+    # the socket close; once the connection is known closed, this is a lost connection too.
+    desync = asyncpg.exceptions.InternalClientError("cannot switch to state 11; another operation (2) is in progress")
+    assert classify_error(desync, context="c") is None
+    assert isinstance(classify_error(desync, context="c", connection_closed=True), TransientSourceError)
+
+
+def test_target_description_never_shows_the_password() -> None:
+    assert describe_target({"dsn": "postgresql://bob:s3cret@db.example:6432/sales"}) == "bob@db.example:6432/sales"
+    described = describe_target({"host": "h", "port": 5433, "user": "u", "password": "pw", "database": "d"})
+    assert described == "u@h:5433/d" and "pw" not in described
+
+
+# -- fingerprints ----------------------------------------------------------------------------------------
+def test_fingerprint_ignores_row_order_but_not_multiplicity_or_columns() -> None:
+    rows = [[1, "a"], [2, "b"], [2, "b"]]
+
+    def fp(columns: list[str], rs: list[list[Any]]) -> str:
+        return result_fingerprint(columns, sum(row_digest(r) for r in rs), len(rs))
+
+    assert fp(["id", "v"], rows) == fp(["id", "v"], list(reversed(rows)))
+    assert fp(["id", "v"], rows) != fp(["id", "v"], rows[:2])
+    assert fp(["id", "v"], rows) != fp(["id", "w"], rows)
+    assert fp(["id", "v"], [[1, "a"]]) != fp(["id", "v"], [[1, "b"]])
+
+
+# -- the lookback window ----------------------------------------------------------------------------------
+def rows(start: int, count: int) -> list[tuple[list[str], int]]:
+    return [([str(i)], (i * 0x9E3779B97F4A7C15) % (1 << 63) - (1 << 62)) for i in range(start, start + count)]
+
+
+def test_new_rows_fill_exact_segments_of_bounded_size() -> None:
+    segments: list[Segment] = []
+    append_rows(segments, rows(1, SEGMENT_ROWS * 2 + 3))
+    assert [s.n for s in segments] == [SEGMENT_ROWS, SEGMENT_ROWS, 3]
+    assert all(s.exact and len(s.h or "") == s.n * HASH_HEX for s in segments)
+    assert segments[-1].hi == [str(SEGMENT_ROWS * 2 + 3)]
+    first = rows(1, SEGMENT_ROWS)
+    assert segments[0].s == sum(h for _, h in first)
+    assert segments[0].hashes() == {short_hash(h) for _, h in first}
+
+
+def test_compaction_bounds_exact_hashes_and_segments_without_losing_rows() -> None:
+    segments: list[Segment] = []
+    total = 20_000
+    append_rows(segments, rows(1, total))
+    lo = compact_window(None, segments)
+    assert lo is None
+    assert len(segments) <= MAX_SEGMENTS
+    assert sum(s.n for s in segments if s.exact) <= MAX_EXACT_ROWS
+    assert sum(s.n for s in segments) == total, "merging keeps every row's count"
+    assert sum(s.s for s in segments) == sum(h for _, h in rows(1, total))
+    assert segments[-1].exact, "the newest rows, where late commits land, stay exact"
+    his = [int(s.hi[0]) for s in segments]
+    assert his == sorted(his) and his[-1] == total
+    cursor = [s.dump() for s in segments]
+    assert len(json.dumps(cursor)) < 20_000
+
+
+def test_expired_segments_leave_the_front_but_pending_ones_stay() -> None:
+    segments: list[Segment] = []
+    append_rows(segments, rows(1, SEGMENT_ROWS * 4))
+    for s in segments[:3]:
+        s.expired = True
+    segments[1].h, segments[1].p = None, True  # pending a re-read
+    lo = compact_window(["0"], segments)
+    assert lo == [str(SEGMENT_ROWS)], "only the first segment went: the second still owes a re-read"
+    assert [s.p for s in segments[:2]] == [True, None]
+
+
+def test_merging_a_pending_segment_keeps_the_obligation_as_a_whole() -> None:
+    segments = [Segment(hi=[str(i)], n=1, s=i, p=["x"] if i == 0 else True) for i in range(MAX_SEGMENTS + 1)]
+    compact_window(None, segments)
+    assert len(segments) == MAX_SEGMENTS
+    assert all(s.p is not None for s in segments)
+    assert any(s.p is True and s.n == 2 for s in segments)
+
+
+def test_segments_round_trip_and_reject_damage() -> None:
+    s = Segment(hi=["2026-01-01 00:00:00+00", "7"], n=1, s=-5, h="0123456789")
+    assert Segment.load(json.loads(json.dumps(s.dump()))) == s
+    with pytest.raises(ValueError, match="wrong length"):
+        Segment.load({"hi": ["1"], "n": 2, "s": 0, "h": "0123456789"})
+    with pytest.raises(ValueError, match="not a window segment"):
+        Segment.load({"hi": "1", "n": 1, "s": 0})
+
+
+def test_wide_order_values_shrink_the_window_to_its_byte_budget() -> None:
+    segments: list[Segment] = []
+    wide = [([f"{'k' * 900}-{i:06d}"], i * 7919) for i in range(5000)]
+    append_rows(segments, wide)
+    compact_window(None, segments)
+    assert window_bytes(segments) <= MAX_WINDOW_BYTES
+    assert sum(s.n for s in segments) == 5000 and segments[-1].hi == wide[-1][0]
+
+
+def test_dedup_id_parts_cannot_run_into_each_other() -> None:
+    from airflow_trigger_kit.sources.postgres import _joined
+
+    assert _joined(["a|1:b"]) != _joined(["a", "b"])
+    assert _joined(["ab", "c"]) != _joined(["a", "bc"])
+    assert _joined(["2026-01-01 00:00:00+00", "7"]) == "22:2026-01-01 00:00:00+00|1:7"
