@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from airflow_trigger_kit.sources.base import JSON
 from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
 
 Mode = Literal["watcher", "sensor"]
 StartFrom = Literal["now", "beginning"]
+
+
+class CommonTriggerKwargs(TypedDict, total=False):
+    """The keyword arguments every trigger passes through to :class:`WatchSettings` unchanged."""
+
+    mode: Mode
+    start_from: StartFrom
+    max_items: int
+    cursor: JSON
+    cursor_version: int
+    retry_base_seconds: float
+    retry_max_seconds: float
 
 
 @dataclass(frozen=True)

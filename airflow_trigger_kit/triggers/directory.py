@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from airflow_trigger_kit.settings import Mode, StartFrom, WatchSettings
-from airflow_trigger_kit.sources.base import JSON, Source
+from typing_extensions import Unpack
+
+from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
+from airflow_trigger_kit.sources.base import Source
 from airflow_trigger_kit.sources.directory import (
     DEFAULT_IGNORE_PATTERNS,
     DirectorySource,
@@ -41,14 +43,8 @@ class MultiDirectoryTrigger(IncrementalTrigger):
         event_kinds: str | Sequence[str] = ("created",),
         settle_seconds: float = 5.0,
         lookback_seconds: float = 60.0,
-        mode: Mode = "watcher",
-        start_from: StartFrom = "now",
         poll_interval: float = 5.0,
-        max_items: int = 500,
-        cursor: JSON = None,
-        cursor_version: int = 0,
-        retry_base_seconds: float = 1.0,
-        retry_max_seconds: float = 60.0,
+        **common: Unpack[CommonTriggerKwargs],
     ) -> None:
         self.config = DirectoryWatchConfig.create(
             directories=directories,
@@ -59,18 +55,7 @@ class MultiDirectoryTrigger(IncrementalTrigger):
             settle_seconds=settle_seconds,
             lookback_seconds=lookback_seconds,
         )
-        settings = WatchSettings(
-            namespace=namespace,
-            name=name,
-            mode=mode,
-            start_from=start_from,
-            poll_interval=poll_interval,
-            max_items=max_items,
-            cursor=cursor,
-            cursor_version=cursor_version,
-            retry_base_seconds=retry_base_seconds,
-            retry_max_seconds=retry_max_seconds,
-        )
+        settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
         super().__init__(source_kwargs=self.config.to_kwargs(), settings=settings)
 
     def build_source(self) -> Source:

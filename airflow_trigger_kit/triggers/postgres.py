@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_trigger_kit.settings import Mode, StartFrom, WatchSettings
-from airflow_trigger_kit.sources.base import JSON, PermanentSourceError, Source
+from typing_extensions import Unpack
+
+from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
+from airflow_trigger_kit.sources.base import PermanentSourceError, Source
 from airflow_trigger_kit.sources.postgres import (
     DEFAULT_STATEMENT_TIMEOUT,
     PostgresSource,
@@ -74,14 +76,8 @@ class PostgresRowsTrigger(IncrementalTrigger):
         lookback: float | None = None,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
-        mode: Mode = "watcher",
-        start_from: StartFrom = "now",
         poll_interval: float = 30.0,
-        max_items: int = 500,
-        cursor: JSON = None,
-        cursor_version: int = 0,
-        retry_base_seconds: float = 1.0,
-        retry_max_seconds: float = 60.0,
+        **common: Unpack[CommonTriggerKwargs],
     ) -> None:
         self.config = PostgresWatchConfig.create(
             detection=detection,
@@ -96,18 +92,7 @@ class PostgresRowsTrigger(IncrementalTrigger):
             statement_timeout=statement_timeout,
         )
         self.postgres_conn_id = validate_postgres_conn_id(postgres_conn_id)
-        settings = WatchSettings(
-            namespace=namespace,
-            name=name,
-            mode=mode,
-            start_from=start_from,
-            poll_interval=poll_interval,
-            max_items=max_items,
-            cursor=cursor,
-            cursor_version=cursor_version,
-            retry_base_seconds=retry_base_seconds,
-            retry_max_seconds=retry_max_seconds,
-        )
+        settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
         super().__init__(
             source_kwargs={**self.config.to_kwargs(), "postgres_conn_id": self.postgres_conn_id},
             settings=settings,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from typing_extensions import Unpack
+
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID, aresolve_client_config
-from airflow_trigger_kit.settings import Mode, StartFrom, WatchSettings
-from airflow_trigger_kit.sources.base import JSON, Source
+from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
+from airflow_trigger_kit.sources.base import Source
 from airflow_trigger_kit.sources.s3 import S3Source, S3WatchConfig
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 
@@ -61,14 +63,8 @@ class S3ObjectsTrigger(IncrementalTrigger):
         key_order: str = "any",
         lookback_seconds: float = 3600,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
-        mode: Mode = "watcher",
-        start_from: StartFrom = "now",
         poll_interval: float = 30.0,
-        max_items: int = 500,
-        cursor: JSON = None,
-        cursor_version: int = 0,
-        retry_base_seconds: float = 1.0,
-        retry_max_seconds: float = 60.0,
+        **common: Unpack[CommonTriggerKwargs],
     ) -> None:
         self.config = S3WatchConfig.create(
             bucket=bucket,
@@ -81,18 +77,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
             lookback_seconds=lookback_seconds,
         )
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
-        settings = WatchSettings(
-            namespace=namespace,
-            name=name,
-            mode=mode,
-            start_from=start_from,
-            poll_interval=poll_interval,
-            max_items=max_items,
-            cursor=cursor,
-            cursor_version=cursor_version,
-            retry_base_seconds=retry_base_seconds,
-            retry_max_seconds=retry_max_seconds,
-        )
+        settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
         super().__init__(
             source_kwargs={**self.config.to_kwargs(), "aws_conn_id": self.aws_conn_id},
             settings=settings,
