@@ -737,7 +737,18 @@ class Segment:
             raise ValueError(f"exact segment with {raw['n']} rows has a hash string of the wrong length")
         if p is not None and p is not True and not isinstance(p, list):
             raise ValueError(f"bad pending marker {p!r}")
-        return cls(hi=list(raw["hi"]), n=raw["n"], s=raw["s"], h=h, p=p)
+        return cls(hi=list(raw["hi"]), n=raw["n"], s=wrap64(raw["s"]), h=h, p=p)
+
+
+def wrap64(value: int) -> int:
+    """Reduce a sum of 64-bit hashes to a signed 64-bit value.
+
+    Segment sums live in the cursor, which also travels in a deferred sensor's trigger kwargs;
+    Airflow's serializer refuses integers outside 64 bits. Sums are compared and subtracted modulo
+    2**64 on both sides (Python and the server's ``sum()``), so wrapping loses nothing: the
+    difference of two wrapped sums that differ by one row is still that row's hash.
+    """
+    return ((value + (1 << 63)) % (1 << 64)) - (1 << 63)
 
 
 def append_rows(segments: list[Segment], rows: Sequence[tuple[list[str], int]]) -> None:
@@ -749,7 +760,7 @@ def append_rows(segments: list[Segment], rows: Sequence[tuple[list[str], int]]) 
         else:
             last.hi = list(pos)
             last.n += 1
-            last.s += h
+            last.s = wrap64(last.s + h)
             last.h = (last.h or "") + short_hash(h)
 
 
@@ -799,7 +810,7 @@ def _merge_cheapest_pair(segments: list[Segment]) -> None:
         Segment(
             hi=b.hi,
             n=a.n + b.n,
-            s=a.s + b.s,
+            s=wrap64(a.s + b.s),
             h=(a.h or "") + (b.h or "") if a.exact and b.exact else None,
             p=True if (a.p is not None or b.p is not None) else None,
             expired=a.expired and b.expired,
@@ -1536,7 +1547,7 @@ class PostgresSource(Source):
             lower = upper
         sql = "\nUNION ALL\n".join(branches) + "\nORDER BY i"
         rows = await conn.fetch(sql, *params.values)
-        return [(int(r["n"]), int(r["s"]), bool(r["expired"])) for r in rows]
+        return [(int(r["n"]), wrap64(int(r["s"])), bool(r["expired"])) for r in rows]
 
     # -- watermark: baseline ---------------------------------------------------------------------------
     async def _watermark_baseline(self, conn: asyncpg.Connection, plan: _Plan) -> dict[str, Any]:
@@ -1685,13 +1696,14 @@ class PostgresSource(Source):
                         budget -= 1
                     else:
                         seg.expired, more = False, True  # left out: it mismatches again next poll
-                seg.n, seg.s, seg.h = len(keep), sum(r.hash for r in keep), "".join(short_hash(r.hash) for r in keep)
-            elif seg.p is None and n == seg.n + 1 and -(1 << 63) <= total - seg.s < (1 << 63):
+                seg.n, seg.s = len(keep), wrap64(sum(r.hash for r in keep))
+                seg.h = "".join(short_hash(r.hash) for r in keep)
+            elif seg.p is None and n == seg.n + 1:
                 # One row more, and the difference of the sums is a 64-bit hash: most likely that row.
                 if budget == 0:
                     seg.expired, more = False, True
                     continue
-                found = await self._fetch(conn, plan, after=seg_lo, upto=seg.hi, hash_eq=total - seg.s)
+                found = await self._fetch(conn, plan, after=seg_lo, upto=seg.hi, hash_eq=wrap64(total - seg.s))
                 if len(found) == 1:
                     items.append(self._item(plan, found[0], late=True))
                     budget -= 1

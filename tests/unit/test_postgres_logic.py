@@ -31,6 +31,7 @@ from airflow_trigger_kit.sources.postgres import (
     short_hash,
     to_json_safe,
     window_bytes,
+    wrap64,
 )
 
 pytestmark = pytest.mark.unit
@@ -170,7 +171,7 @@ def test_compaction_bounds_exact_hashes_and_segments_without_losing_rows() -> No
     assert len(segments) <= MAX_SEGMENTS
     assert sum(s.n for s in segments if s.exact) <= MAX_EXACT_ROWS
     assert sum(s.n for s in segments) == total, "merging keeps every row's count"
-    assert sum(s.s for s in segments) == sum(h for _, h in rows(1, total))
+    assert wrap64(sum(s.s for s in segments)) == wrap64(sum(h for _, h in rows(1, total))), "sums kept mod 2**64"
     assert segments[-1].exact, "the newest rows, where late commits land, stay exact"
     his = [int(s.hi[0]) for s in segments]
     assert his == sorted(his) and his[-1] == total
@@ -221,3 +222,20 @@ def test_dedup_id_parts_cannot_run_into_each_other() -> None:
     assert _joined(["a|1:b"]) != _joined(["a", "b"])
     assert _joined(["ab", "c"]) != _joined(["a", "bc"])
     assert _joined(["2026-01-01 00:00:00+00", "7"]) == "22:2026-01-01 00:00:00+00|1:7"
+
+
+def test_window_sums_stay_within_64_bits_and_still_identify_one_added_row() -> None:
+    """Cursors travel in trigger kwargs, which Airflow serializes only with 64-bit integers."""
+    from airflow_trigger_kit.sources.postgres import append_rows, wrap64
+
+    big = (1 << 63) - 1
+    segments: list = []
+    append_rows(segments, [([str(n)], big - n) for n in range(50)])
+    assert all(-(1 << 63) <= seg.s < (1 << 63) for seg in segments)
+    total_before = segments[0].s
+    late_row_hash = -(1 << 62) + 12345
+    total_after = wrap64(total_before + late_row_hash)
+    assert wrap64(total_after - total_before) == late_row_hash
+    import json
+
+    json.dumps([seg.dump() for seg in segments])  # and the dump is plain JSON ints
