@@ -27,8 +27,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_trigger_kit tests dags benchmarks
-	$(BIN)/ruff format --check airflow_trigger_kit tests dags benchmarks
+	$(BIN)/ruff check airflow_trigger_kit tests dags benchmarks devtools
+	$(BIN)/ruff format --check airflow_trigger_kit tests dags benchmarks devtools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -44,6 +44,11 @@ integration: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+# A local Airflow with the example DAGs (SQLite, moto's S3, a throwaway PostgreSQL when installed);
+# ARGS=--keep-running leaves it up on http://localhost:8080 until Ctrl-C. See devtools/demo.py.
+demo: $(STAMP)
+	$(BIN)/python -m devtools.demo $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_directories $(ARGS)

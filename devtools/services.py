@@ -1,0 +1,268 @@
+"""Real services for the tests and the demo: a throwaway PostgreSQL cluster and moto's S3 server.
+
+Nothing here is a stand-in: PostgreSQL is the real server started from the local binaries, S3 is
+moto's HTTP server on loopback, reached through aiobotocore exactly as AWS would be. Whatever is
+started here is stopped by the context manager that started it, also when the caller fails.
+
+This module is the one home of these starters; ``tests/services.py`` predates it and holds copies
+of ``free_port``, ``find_pg_bindir``, ``PgServer``, ``throwaway_postgres``, ``pg_server_from_dsn``,
+``moto_s3_server`` and ``wait_for`` (to be replaced by re-exports from here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+PG_INSTALL_HINT = (
+    "PostgreSQL server binaries (initdb, pg_ctl) were not found. Install them, for example "
+    "`apt-get install postgresql` on Debian/Ubuntu, set PG_BINDIR to their directory, or point "
+    "TRIGGER_KIT_TEST_PG_DSN at a server (postgresql://user@host:port/db)."
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (the demo wants the well-known 8080).
+
+    SO_REUSEADDR as servers set it: connections of an earlier run lingering in TIME_WAIT do not
+    make a port busy.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.2, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail naming ``what`` after ``timeout``.
+
+    Every wait in the harness goes through here (or an equivalent loop), so a wait is always on a
+    fact and always bounded: there are no bare sleeps used as synchronisation.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+def find_pg_bindir() -> str | None:
+    """The directory holding ``initdb`` and ``pg_ctl``, or None when PostgreSQL is not installed."""
+    candidates = [os.environ.get("PG_BINDIR", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    if shutil.which("pg_config"):
+        with contextlib.suppress(subprocess.CalledProcessError, OSError):
+            candidates.append(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
+    if shutil.which("initdb"):
+        candidates.append(os.path.dirname(shutil.which("initdb") or ""))
+    for bindir in candidates:
+        if bindir and os.path.exists(os.path.join(bindir, "initdb")) and os.path.exists(os.path.join(bindir, "pg_ctl")):
+            return bindir
+    return None
+
+
+@dataclass
+class PgServer:
+    host: str
+    port: int
+    user: str
+    password: str | None = None
+
+    def dsn(self, database: str = "postgres") -> str:
+        auth = self.user if self.password is None else f"{self.user}:{self.password}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}"
+
+    def airflow_conn_uri(self, database: str) -> str:
+        """The same server as an Airflow connection URI (``AIRFLOW_CONN_*``), database in the path."""
+        return self.dsn(database)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[PgServer]:
+    """Start a PostgreSQL cluster in a temporary directory on a free port; stop it afterwards.
+
+    Durability is switched off (fsync, synchronous_commit): the cluster lives for one test session
+    or demo, and speed matters more than surviving a power cut.
+    """
+    bindir = find_pg_bindir()
+    if bindir is None:
+        raise RuntimeError(PG_INSTALL_HINT)
+    datadir = tempfile.mkdtemp(prefix="trigger-kit-pg-")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        pw = pwd.getpwnam("postgres")
+        os.chown(datadir, pw.pw_uid, pw.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    logfile = os.path.join(datadir, "server.log")
+    subprocess.run(
+        [*run_as, f"{bindir}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    options = (
+        f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+    )
+    started = False
+    try:
+        subprocess.run(
+            [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-o", options, "-l", logfile, "-w", "start"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        started = True
+        yield PgServer(host="127.0.0.1", port=port, user="postgres")
+    finally:
+        if started:
+            subprocess.run(
+                [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def pg_server_from_dsn(dsn: str) -> PgServer:
+    url = urlparse(dsn)
+    return PgServer(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+    )
+
+
+def pg_admin(server: PgServer, sql: str, database: str = "postgres") -> None:
+    """Run one statement (CREATE/DROP DATABASE ...) on its own thread and loop.
+
+    A private thread keeps it usable from sync code and from inside a running event loop alike.
+    """
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server.dsn(database))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def create_database(server: PgServer, name: str) -> str:
+    """Create an empty database ``name`` (dropping a leftover one) and return its DSN."""
+    pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(server, f'CREATE DATABASE "{name}"')
+    return server.dsn(name)
+
+
+def drop_database(server: PgServer, name: str) -> None:
+    with contextlib.suppress(Exception):
+        pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- S3 (moto) -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def moto_s3_server() -> Iterator[str]:
+    """moto's S3 server in a thread of this process on a free port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def moto_s3_server_process(log_path: str | None = None) -> Iterator[str]:
+    """moto's S3 server as a subprocess (its own process group); yields its endpoint URL.
+
+    The end-to-end stack uses this rather than the threaded server: the test process feeds data and
+    polls the REST API at the same time, and a server sharing its GIL would skew detection times.
+    """
+    port = free_port()
+    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {proc.returncode} (log: {log_path})")
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    return True
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_for(up, timeout=60, what="moto's S3 server to answer")
+        yield url
+    finally:
+        stop_process_group(proc, timeout=5)
+        log.close()
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group of ``proc``, wait up to ``timeout``, then SIGKILL the group.
+
+    Airflow components fork workers (LocalExecutor, the triggerer's runner, gunicorn/uvicorn), and
+    some of them ignore SIGTERM while idle: only stopping the whole group leaves nothing behind.
+    """
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    # Kill the group even when the leader exited: its forked children may still be running.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)

@@ -1,0 +1,182 @@
+"""One live Airflow stack for all end-to-end scenarios, its services, and the report of what they saw.
+
+The stack (api-server, scheduler, dag-processor, triggerer with LocalExecutor) is started once per
+session and shared by the scenarios, which run in file order on it. Alongside it run moto's S3
+server (a subprocess) and the session's PostgreSQL, which holds ProcessState (shared by every
+component through ``[trigger_kit] state_conn_id``) and the Postgres source's table.
+
+Whatever happens, the stack is stopped when the session ends (plus ``atexit`` in
+``devtools.airflow_stack``). When a scenario fails, all Airflow logs are copied to
+``$TRIGGER_KIT_E2E_LOGS`` (default ``/tmp/trigger-kit-e2e-logs``) and the path is printed with the
+failure. The crash and HA counts are printed in a terminal-summary section (visible without
+``-s``) and appended to ``$TRIGGER_KIT_E2E_REPORT`` (default ``/tmp/trigger-kit-e2e-report.txt``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from devtools.airflow_stack import AirflowStack, StackConfig
+from devtools.deliveries import activate_watchers
+from devtools.feeders import DirectoryFeeder, Feeder, PostgresFeeder, S3Feeder
+from devtools.services import PgServer, create_database, drop_database, moto_s3_server_process
+from devtools.state_reader import StateReader
+
+SOURCES = ("directory", "s3", "postgres")
+STATE_CONN_ID = "trigger_kit_state"
+LOG_ROOT = Path(os.environ.get("TRIGGER_KIT_E2E_LOGS", "/tmp/trigger-kit-e2e-logs"))
+REPORT_FILE = Path(os.environ.get("TRIGGER_KIT_E2E_REPORT", "/tmp/trigger-kit-e2e-report.txt"))
+
+report_lines_key = pytest.StashKey[list[str]]()
+stack_key = pytest.StashKey[AirflowStack]()
+kept_logs_key = pytest.StashKey[list[str]]()
+
+
+@dataclass
+class E2E:
+    """What a scenario works with: the stack, one feeder per available source, ProcessState."""
+
+    stack: AirflowStack
+    feeders: dict[str, Feeder]
+    missing: dict[str, str]
+    state: StateReader
+    asset_ids: dict[str, int]
+    report_lines: list[str] = field(default_factory=list)
+
+    def feeder(self, source: str) -> Feeder:
+        """The feeder of ``source``; skips the calling test when that source's DAGs do not exist."""
+        if source in self.missing:
+            pytest.skip(self.missing[source])
+        return self.feeders[source]
+
+    def report(self, line: str) -> None:
+        """Record ``line`` for the terminal summary and the report file (and print it for ``-s``)."""
+        print(line)
+        self.report_lines.append(line)
+        with contextlib.suppress(OSError), open(REPORT_FILE, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
+def _metadata_db(pg_server: PgServer) -> tuple[str | None, str | None]:
+    """PostgreSQL for the metadata database when a driver is installed; else SQLite (None).
+
+    ``TRIGGER_KIT_E2E_METADATA=sqlite`` forces SQLite (the demo's default) even with the driver.
+    """
+    if os.environ.get("TRIGGER_KIT_E2E_METADATA", "").lower() == "sqlite":
+        return None, None
+    if importlib.util.find_spec("psycopg2") is None:
+        return None, None
+    name = "tk_e2e_airflow"
+    create_database(pg_server, name)
+    return f"postgresql+psycopg2://{pg_server.user}@{pg_server.host}:{pg_server.port}/{name}", name
+
+
+@pytest.fixture(scope="session")
+def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    # A CI timeout sends SIGTERM, which by default ends Python without finalizers or atexit: turn
+    # it into KeyboardInterrupt so pytest unwinds and this fixture stops every Airflow process.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
+    work = tmp_path_factory.mktemp("e2e")
+    databases = ["tk_e2e_state", "tk_e2e_source"]
+    state_dsn = create_database(pg_server, "tk_e2e_state")
+    source_dsn = create_database(pg_server, "tk_e2e_source")
+    metadata_uri, metadata_db = _metadata_db(pg_server)
+    if metadata_db:
+        databases.append(metadata_db)
+    with contextlib.ExitStack() as cleanup:
+        for name in databases:
+            cleanup.callback(drop_database, pg_server, name)
+        missing = {
+            cls.source: reason for cls in (DirectoryFeeder, S3Feeder, PostgresFeeder) if (reason := cls.missing())
+        }
+        feeders: dict[str, Feeder] = {}
+        if "directory" not in missing:
+            feeders["directory"] = DirectoryFeeder(work / "files")
+        if "s3" not in missing:
+            endpoint = cleanup.enter_context(moto_s3_server_process(str(work / "moto.log")))
+            feeders["s3"] = S3Feeder(endpoint)
+        if "postgres" not in missing:
+            feeders["postgres"] = PostgresFeeder(source_dsn)
+        for feeder in feeders.values():
+            cleanup.callback(feeder.close)
+            feeder.setup()
+
+        config = StackConfig(
+            metadata_db_uri=metadata_uri,
+            connections={STATE_CONN_ID: state_dsn},
+            env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID},
+        )
+        for feeder in feeders.values():
+            config.connections.update(feeder.connections())
+            config.env.update(feeder.stack_env())
+        stack = AirflowStack(config)
+        cleanup.callback(stack.stop)
+        request.config.stash[stack_key] = stack
+        state = StateReader(dsn=state_dsn)
+        started = time.monotonic()
+        try:
+            stack.start()
+            asset_ids = activate_watchers(stack.api, list(feeders.values()), state)
+        except BaseException:
+            _keep_logs(request.config, stack, "stack-startup")
+            raise
+        env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key])
+        env.report(f"STACK up in {time.monotonic() - started:.0f}s: sources {', '.join(feeders)}")
+        for source, reason in missing.items():
+            env.report(f"SKIPPED {source}: {reason}")
+        yield env
+    if stack.leftovers:
+        pytest.fail(f"processes of {', '.join(stack.leftovers)} survived the stack's stop", pytrace=False)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def _keep_logs(config: pytest.Config, stack: AirflowStack, label: str) -> str:
+    destination = LOG_ROOT / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+    with contextlib.suppress(Exception):
+        stack.keep_logs(destination)
+    config.stash[kept_logs_key].append(f"{label}: {destination}")
+    return str(destination)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[report_lines_key] = []
+    config.stash[kept_logs_key] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failed e2e scenario, copy the stack's logs and name the copy in the failure report."""
+    report = yield
+    stack = item.config.stash.get(stack_key, None)
+    if report.failed and report.when == "call" and stack is not None and item.get_closest_marker("e2e"):
+        path = _keep_logs(item.config, stack, item.name.replace("/", "_").replace("[", "-").rstrip("]"))
+        report.sections.append(("Airflow logs", f"component, task and DAG-processing logs kept in {path}"))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(report_lines_key, [])
+    kept = config.stash.get(kept_logs_key, [])
+    if not lines and not kept:
+        return
+    terminalreporter.section("trigger-kit end-to-end report")
+    for line in lines:
+        terminalreporter.write_line(line)
+    for entry in kept:
+        terminalreporter.write_line(f"Airflow logs kept for {entry}")
