@@ -29,6 +29,7 @@ than silently using other credentials.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -219,7 +220,9 @@ def _aio_config(options: dict[str, Any], label: str = "the default client config
     from aiobotocore.config import AioConfig
     from botocore import UNSIGNED
 
-    options = dict(options)
+    # A deep copy: botocore rewrites the nested "retries" dict in place when a client is created,
+    # so sharing DEFAULT_CONFIG's dict made every later client retry one more time.
+    options = copy.deepcopy(options)
     if options.get("signature_version") == "unsigned":
         options["signature_version"] = UNSIGNED
     try:

@@ -287,3 +287,27 @@ async def test_an_endpoint_that_is_not_a_url_fails_permanently_at_client_creatio
             await src.poll(None, 10)
     finally:
         await src.aclose()
+
+
+def test_creating_clients_never_changes_the_default_retry_budget() -> None:
+    """botocore edits a Config's retries dict in place; the package default must not drift."""
+    from airflow_trigger_kit.aws_connection import DEFAULT_CONFIG, _aio_config
+
+    async def make_clients() -> None:
+        from aiobotocore.session import get_session
+
+        for _ in range(3):
+            async with get_session().create_client(
+                "s3",
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=_aio_config(DEFAULT_CONFIG),
+            ):
+                pass
+
+    import asyncio
+
+    asyncio.run(make_clients())
+    assert DEFAULT_CONFIG["retries"] == {"mode": "standard", "max_attempts": 3}
+    assert _aio_config(DEFAULT_CONFIG).retries == {"mode": "standard", "max_attempts": 3}
