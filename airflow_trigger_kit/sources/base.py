@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T")
 
 JSON = Any
 """A JSON-serializable value."""
@@ -82,6 +85,26 @@ class Source(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most sources own nothing
         """Release clients and connections."""
+
+
+def take_in_order(
+    changes: Iterable[T], *, reported: Callable[[T], bool], apply: Callable[[T], None], max_items: int
+) -> tuple[list[T], bool]:
+    """Apply ordered changes to a cursor up to the ``max_items``-th reported one.
+
+    This is the truncation invariant every source keeps: the cursor never moves past a change left
+    for the next batch, whether that change is reported or not. Returns the reported changes taken
+    and whether any were left out.
+    """
+    taken: list[T] = []
+    for change in changes:
+        is_reported = reported(change)
+        if is_reported and len(taken) == max_items:
+            return taken, True
+        if is_reported:
+            taken.append(change)
+        apply(change)
+    return taken, False
 
 
 def stable_id(*parts: object) -> str:

@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_trigger_kit.sources.base import JSON, Batch, Item, PermanentSourceError, Source, stable_id
+from airflow_trigger_kit.sources.base import (
+    JSON,
+    Batch,
+    Item,
+    PermanentSourceError,
+    Source,
+    stable_id,
+    take_in_order,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,20 +353,13 @@ def detect(
             dirs[scan.directory] = {"known": {}} if config.uses_snapshot else {"hwm": 0, "edge": {}}
     # Apply changes in stamp order up to the max_items-th reportable one, so the cursor never moves
     # past a change that was left for the next batch (silent changes included).
-    ordered = sorted([*reportable, *silent], key=_Candidate.sort_key)
-    taken: list[_Candidate] = []
-    more = False
-    for c in ordered:
-        reported = c.kind in config.event_kinds
-        if reported and len(taken) == max_items:
-            more = True
-            break
-        if reported:
-            taken.append(c)
-        if config.uses_snapshot:
-            _apply_snapshot(dirs[c.directory], c)
-        else:
-            _apply_watermark(dirs[c.directory], c)
+    apply_one = _apply_snapshot if config.uses_snapshot else _apply_watermark
+    taken, more = take_in_order(
+        sorted([*reportable, *silent], key=_Candidate.sort_key),
+        reported=lambda c: c.kind in config.event_kinds,
+        apply=lambda c: apply_one(dirs[c.directory], c),
+        max_items=max_items,
+    )
     if not config.uses_snapshot:
         limit = max(20, EDGE_LIMIT // max(1, len(config.directories)))
         for state in dirs.values():

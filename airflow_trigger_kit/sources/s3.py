@@ -95,6 +95,7 @@ from airflow_trigger_kit.sources.base import (
     Source,
     TransientSourceError,
     stable_id,
+    take_in_order,
 )
 
 log = logging.getLogger(__name__)
@@ -711,23 +712,22 @@ def _detect_snapshot(
         for key, h in known.items():
             if key not in present:
                 changes.append(_Change(i, listing.prefix, "deleted", key, None, None, 0, None, h.hex()))
+
     # Apply changes in order up to the max_items-th reportable one, so the cursor never moves past a
     # change left for the next batch (changes that are not reported included).
-    changes.sort(key=_Change.sort_key)
-    taken: list[_Change] = []
-    more = False
-    for change in changes:
-        reported = change.kind in config.event_kinds
-        if reported and len(taken) == max_items:
-            more = True
-            break
-        if reported:
-            taken.append(change)
+    def apply(change: _Change) -> None:
         known = snapshots[change.index]
         if change.kind in ("deleted", "forget"):
             known.pop(change.key, None)
         else:
             known[change.key] = etag_hash(change.etag or "")
+
+    taken, more = take_in_order(
+        sorted(changes, key=_Change.sort_key),
+        reported=lambda change: change.kind in config.event_kinds,
+        apply=apply,
+        max_items=max_items,
+    )
     prefixes: dict[str, JSON] = {
         listing.prefix: {"n": len(known), "z": encode_snapshot(known)}
         for listing, known in zip(listings, snapshots, strict=True)
