@@ -27,6 +27,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from airflow_trigger_kit.assets.base import ASSET_NAMESPACE, watched_asset
 from airflow_trigger_kit.settings import StartFrom
 from airflow_trigger_kit.sources.postgres import DEFAULT_STATEMENT_TIMEOUT
 from airflow_trigger_kit.triggers.postgres import DEFAULT_POSTGRES_CONN_ID, PostgresRowsTrigger
@@ -60,8 +61,6 @@ def postgres_asset(
     ``extra`` are the asset's. The cursor is kept in ProcessState under namespace ``"assets"`` and
     the asset's name, so renaming the asset starts a new watch (from ``start_from``).
     """
-    # Imported here so that airflow_trigger_kit.assets may import this module at its end.
-    from airflow_trigger_kit.assets import ASSET_NAMESPACE, watched_asset
 
     trigger = PostgresRowsTrigger(
         namespace=ASSET_NAMESPACE,

@@ -21,6 +21,7 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from airflow_trigger_kit.assets.base import ASSET_NAMESPACE, watched_asset
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID
 from airflow_trigger_kit.settings import StartFrom
 from airflow_trigger_kit.triggers.s3 import S3ObjectsTrigger
@@ -52,8 +53,6 @@ def s3_asset(
     after Airflow stored the asset event that reports the objects (at-least-once; a repeat after a
     crash carries the same dedup ids). ``uri`` and ``extra`` are passed to the ``Asset``.
     """
-    # Imported here so that airflow_trigger_kit.assets may import this module at its end.
-    from airflow_trigger_kit.assets import ASSET_NAMESPACE, watched_asset
 
     trigger = S3ObjectsTrigger(
         bucket=bucket,
