@@ -18,6 +18,7 @@ DEFAULTS: dict[str, str] = {
     "state_sqlite_path": "",
     "state_max_value_bytes": "65536",
     "state_table": "trigger_kit_process_state",
+    "postgres_pool_size": "4",
 }
 
 
@@ -65,3 +66,15 @@ class StateSettings:
             max_value_bytes=limit,
             table=table,
         )
+
+
+def postgres_pool_size() -> int:
+    """``[trigger_kit] postgres_pool_size``: most connections of one process to one Postgres connection."""
+    raw = get_option("postgres_pool_size")
+    try:
+        size = int(raw)
+    except ValueError:
+        raise ValueError(f"[trigger_kit] postgres_pool_size must be an integer, got {raw!r}") from None
+    if size < 1:
+        raise ValueError(f"[trigger_kit] postgres_pool_size must be at least 1, got {size}")
+    return size

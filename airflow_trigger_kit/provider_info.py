@@ -35,6 +35,12 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "type": "string",
         "example": "trigger_kit_process_state",
     },
+    "postgres_pool_size": {
+        "description": "Most connections one process (a triggerer) opens to one Postgres connection for "
+        "the Postgres watches: every watch naming that conn id shares one pool of this size.",
+        "type": "integer",
+        "example": "4",
+    },
 }
 
 TRIGGER_MODULES: list[str] = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from airflow_trigger_kit.sources.base import PermanentSourceError, TransientSourceError
 from airflow_trigger_kit.state.model import StateStoreUnavailable
@@ -33,13 +33,15 @@ class Backoff:
     base_seconds: float = 1.0
     max_seconds: float = 60.0
     attempts: int = 0
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random | None = None
+    """Defaults to the process's shared generator: a watch that never fails never seeds one."""
 
     def next_delay(self) -> float:
         ceiling = min(self.max_seconds, self.base_seconds * float(2 ** min(self.attempts, 32)))
         self.attempts += 1
         # Never retry immediately: keep at least a tenth of the ceiling.
-        return ceiling * (0.1 + 0.9 * self.rng.random())
+        rng = self.rng or random
+        return ceiling * (0.1 + 0.9 * rng.random())
 
     def reset(self) -> None:
         self.attempts = 0

@@ -111,8 +111,10 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[PgServer]:
+def throwaway_postgres(max_connections: int = 300) -> Iterator[PgServer]:
     """Start a PostgreSQL cluster in a temporary directory on a free port; stop it afterwards.
+
+    ``max_connections`` is the server's limit (PostgreSQL's default is 100).
 
     Durability is switched off (fsync, synchronous_commit): the cluster lives for one test session
     or demo, and speed matters more than surviving a power cut.
@@ -136,7 +138,7 @@ def throwaway_postgres() -> Iterator[PgServer]:
     )
     options = (
         f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={max_connections}"
     )
     started = False
     try:

@@ -18,8 +18,19 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.path.dirname(os.path.
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ["AIRFLOW__TRIGGER_KIT__STATE_SQLITE_PATH"] = os.path.join(_AIRFLOW_HOME, "state.db")
 
+import signal  # noqa: E402
+
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # A CI timeout or `kill` sends SIGTERM: turn it into an interrupt, so pytest still runs every
+    # fixture's teardown and the PostgreSQL clusters, moto servers and Airflow processes it started stop.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
 from tests.services import (  # noqa: E402
     PG_INSTALL_HINT,

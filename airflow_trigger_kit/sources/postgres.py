@@ -997,6 +997,24 @@ class _Plan:
         return f"({first} - {params.add(amount, 'text::' + self.types[0])})"
 
 
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` is closed; a pooled connection that its pool already took back counts as closed.
+
+    (asyncpg hands a pooled connection back to its pool by itself when the server closes it, and
+    the proxy the caller holds then refuses every call.)
+    """
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    """Close ``conn`` at once so that nobody reuses it (a pooled one is replaced by its pool)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
 async def _closes_soon(conn: asyncpg.Connection, wait: float = 0.2) -> bool:
     """Whether ``conn`` turns out to be closed within ``wait`` seconds.
 
@@ -1005,20 +1023,24 @@ async def _closes_soon(conn: asyncpg.Connection, wait: float = 0.2) -> bool:
     in progress" while the connection does not look closed yet. Waiting briefly for asyncpg to see
     the end of the socket tells a lost connection from a genuine misuse (a bug).
     """
-    if conn.is_closed():
+    if _is_closed(conn):
         return True
     closed = asyncio.Event()
 
     def on_close(_: object) -> None:
         closed.set()
 
-    conn.add_termination_listener(on_close)
+    try:
+        conn.add_termination_listener(on_close)
+    except asyncpg.InterfaceError:
+        return True
     try:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(closed.wait(), wait)
     finally:
-        conn.remove_termination_listener(on_close)
-    return bool(conn.is_closed())
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.remove_termination_listener(on_close)
+    return _is_closed(conn)
 
 
 def _position_and_hash(record: asyncpg.Record) -> tuple[list[str], int]:
@@ -1218,24 +1240,24 @@ class PostgresSource(Source):
                             self._plan = await self._inspect(conn)
                         yield conn
                     except Exception:
-                        if not conn.is_closed():
+                        if not _is_closed(conn):
                             with contextlib.suppress(Exception):
                                 await tx.rollback()
                         raise
                     except BaseException:
-                        conn.terminate()  # cancelled mid-transaction: never reuse the connection
+                        _terminate(conn)  # cancelled mid-transaction: never reuse the connection
                         raise
                     else:
                         await tx.commit()
                 except Exception as exc:
-                    closed = conn.is_closed()
+                    closed = _is_closed(conn)
                     if not closed and isinstance(exc, _CLIENT_STATE_ERRORS):
                         closed = await _closes_soon(conn)
                     error = classify_error(exc, context=self._context(param), connection_closed=closed)
                     if error is None:
                         raise
-                    if isinstance(error, TransientSourceError) and not conn.is_closed():
-                        conn.terminate()
+                    if isinstance(error, TransientSourceError) and not _is_closed(conn):
+                        _terminate(conn)
                     if error is exc:
                         raise
                     raise error from exc

@@ -1,45 +1,42 @@
 """One trigger base over every source, in two delivery modes.
 
-``mode="sensor"`` (a deferred sensor): the trigger starts from the cursor the sensor gave it, polls
+``mode="sensor"`` (a deferred sensor): the trigger starts from the cursor the sensor gave it, waits
 until the source reports items, yields one event that carries the new cursor, and returns. It never
 writes state: the sensor commits on the worker (``execute_complete``) with compare-and-set against
-the version it started from.
+the version it started from. It is a plain ``BaseTrigger``, counted as a trigger by the triggerer.
 
 ``mode="watcher"`` (an ``AssetWatcher``): the trigger runs forever through Airflow 3.3's shared
-stream in *ack mode*. :class:`~airflow_trigger_kit.triggers.delivery.WatermarkProducer` polls the
-source and yields each batch; Airflow calls its ``advance()`` only once the trigger event derived
-from that batch was stored in the metadata database, and only then is the watermark committed.
-See :mod:`airflow_trigger_kit.triggers.delivery` for the invariants.
+stream in *ack mode*. Constructing a trigger with ``mode="watcher"`` gives its ``BaseEventTrigger``
+variant (:mod:`airflow_trigger_kit.triggers.watcher`), whose
+:class:`~airflow_trigger_kit.triggers.delivery.WatermarkProducer` yields each batch and commits the
+watermark only once Airflow confirmed the event derived from it stored in the metadata database.
 
-Errors are classified (:mod:`airflow_trigger_kit.retry`): transient ones (network, throttling,
-server restarts, an unreachable state store) are logged once per streak and retried with
-exponential backoff and jitter; permanent ones (permission denied, not a directory, a missing
-bucket or table, invalid configuration) fail loudly with a message naming the parameter. Nothing
-here blocks the event loop: sources do their blocking work in threads or with async clients.
+In both modes the trigger waits through the hub of its event loop (:mod:`airflow_trigger_kit.hub`),
+which shares listings, polls and connections between every wait on the same source, while each
+trigger keeps its own cursor. :mod:`airflow_trigger_kit.triggers.session` retries transient errors
+with backoff and raises permanent ones; nothing here blocks the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Hashable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_trigger_kit import metrics
 from airflow_trigger_kit.payload import CURSOR_KEY, build_payload, error_payload
-from airflow_trigger_kit.retry import Backoff, is_transient
+from airflow_trigger_kit.retry import is_transient
 from airflow_trigger_kit.settings import WatchSettings
-from airflow_trigger_kit.sources.base import JSON, Batch, PermanentSourceError, Source
+from airflow_trigger_kit.sources.base import JSON, Batch, Source
+from airflow_trigger_kit.triggers.session import Subscription, open_session
+from airflow_trigger_kit.triggers.watcher import event_variant
 
-if TYPE_CHECKING:
-    from airflow.triggers.shared_stream import SharedStreamProducer
 
-
-class IncrementalTrigger(BaseEventTrigger):
+class IncrementalTrigger(BaseTrigger):
     """Base of every watch trigger: common settings plus source-specific kwargs.
 
     Subclasses set :attr:`source_kind`, validate their own parameters in ``__init__`` (so bad input
@@ -47,6 +44,11 @@ class IncrementalTrigger(BaseEventTrigger):
     """
 
     source_kind: ClassVar[str]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> IncrementalTrigger:
+        # Only watchers are BaseEventTriggers (see airflow_trigger_kit.triggers.watcher).
+        target = event_variant(cls) if kwargs.get("mode", "watcher") == "watcher" else cls
+        return super().__new__(target)
 
     def __init__(self, *, source_kwargs: dict[str, JSON], settings: WatchSettings) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -62,75 +64,40 @@ class IncrementalTrigger(BaseEventTrigger):
     def name(self) -> str:
         return self.settings.name
 
+    @classmethod
+    def classpath(cls) -> str:
+        """The public class path (a watcher variant serializes as the class it was built from)."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        cls = type(self)
-        return f"{cls.__module__}.{cls.__qualname__}", {**self.source_kwargs, **self.settings.to_kwargs()}
+        return self.classpath(), {**self.source_kwargs, **self.settings.to_kwargs()}
+
+    def source_identity(self) -> Hashable:
+        """What makes two watches read the same data: the class and every source parameter.
+
+        Not the cursor, the namespace/name or the polling settings: watches with equal identities
+        share one source in the hub, and each keeps its own cursor.
+        """
+        return (self.classpath(), json.dumps(self.source_kwargs, sort_keys=True, default=str))
 
     @abstractmethod
     def build_source(self) -> Source:
-        """A fresh source for one trigger run (its clients are closed with ``aclose``)."""
+        """A fresh source of this watch alone (its clients are closed with ``aclose``)."""
 
-    # -- polling --------------------------------------------------------------------------------
-    async def next_batch(self, source: Source, cursor: JSON | None) -> Batch:
-        """Poll from ``cursor`` until the source reports items; retry transient errors with backoff.
+    def build_shared_source(self) -> Source:
+        """The source the hub shares between every watch with this identity (default: a fresh one)."""
+        return self.build_source()
 
-        Changes the source does not report (for example a modification when only ``created`` is
-        watched) move the in-memory cursor between polls; they are committed with the next batch.
-        """
-        backoff = Backoff(self.settings.retry_base_seconds, self.settings.retry_max_seconds)
-        failing_since: float | None = None
-        while True:
-            try:
-                batch = await source.poll(cursor, self.settings.max_items)
-            except Exception as exc:
-                if not is_transient(exc):
-                    metrics.incr("failures", source=self.source_kind)
-                    raise
-                delay = backoff.next_delay()
-                metrics.incr("failures", source=self.source_kind)
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    self.log.warning(
-                        "%s: transient error, retrying with backoff (next in %.1fs): %s: %s",
-                        self._label(source),
-                        delay,
-                        type(exc).__name__,
-                        exc,
-                    )
-                await asyncio.sleep(delay)
-                continue
-            metrics.incr("polls", source=self.source_kind)
-            if failing_since is not None:
-                self.log.info(
-                    "%s: recovered after %d retries (%.1fs)",
-                    self._label(source),
-                    backoff.attempts,
-                    time.monotonic() - failing_since,
-                )
-                failing_since = None
-                backoff.reset()
-            if batch.items:
-                self._check_cursor_size(batch.cursor)
-                return batch
-            cursor = batch.cursor
-            await asyncio.sleep(self.settings.poll_interval)
+    async def subscribe(self) -> Subscription:
+        """This trigger's subscription to the hub of the running event loop."""
+        from airflow_trigger_kit.hub import get_hub
 
-    def _check_cursor_size(self, cursor: JSON) -> None:
-        size = len(json.dumps(cursor, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        limit = self.settings.max_cursor_bytes()
-        if size > limit:
-            raise PermanentSourceError(
-                f"the cursor of watch namespace={self.namespace!r} name={self.name!r} would be {size} bytes, over "
-                f"[trigger_kit] state_max_value_bytes={limit}; raise that limit or narrow the watch "
-                "(see the cursor size notes in the docs of this watch type)"
-            )
-
-    def _label(self, source: Source) -> str:
-        return f"{type(self).__name__}({self.namespace}/{self.name}: {source.describe()})"
+        return get_hub().channels.subscribe(self.source_identity(), self.build_shared_source)
 
     def payload(
         self, source: Source, batch: Batch, cursor_from: JSON | None, commit: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        """The event payload of ``batch`` (used where no session runs: a sensor's check on a worker)."""
         metrics.incr("detections", len(batch.items), source=self.source_kind)
         return build_payload(
             source_kind=self.source_kind,
@@ -151,52 +118,33 @@ class IncrementalTrigger(BaseEventTrigger):
                 "use mode='sensor' to defer a task"
             )
         started = time.monotonic()
-        source = self.build_source()
-        self.log.info("%s: waiting from cursor version %s", self._label(source), self.settings.cursor_version)
+        cursor = self.settings.cursor
+        label = f"{type(self).__name__}({self.namespace}/{self.name})"
         try:
-            batch = await self.next_batch(source, self.settings.cursor)
-            event = self.payload(
-                source,
-                batch,
-                self.settings.cursor,
-                commit={
-                    "key": CURSOR_KEY,
-                    "expected_version": self.settings.cursor_version,
-                    "cursor": batch.cursor,
-                },
-            )
+            async with open_session(self) as session:
+                label = session.label
+                self.log.debug("%s: waiting from cursor version %s", label, self.settings.cursor_version)
+                batch = await session.next_batch(cursor)
+                event = session.payload(
+                    batch,
+                    cursor,
+                    commit={
+                        "key": CURSOR_KEY,
+                        "expected_version": self.settings.cursor_version,
+                        "cursor": batch.cursor,
+                    },
+                )
         except Exception as exc:
             if is_transient(exc):
                 raise
-            self.log.error("%s: permanent error: %s", self._label(source), exc)
+            self.log.error("%s: permanent error: %s", label, exc)
             event = error_payload(
                 source_kind=self.source_kind,
                 namespace=self.namespace,
                 name=self.name,
                 message=f"{type(exc).__name__}: {exc}",
             )
-        finally:
-            await source.aclose()
         if "items" in event:
             metrics.timing("wait_time", time.monotonic() - started, source=self.source_kind)
             self.log.info("%s: %d item(s) detected", type(self).__name__, len(event["items"]))
         yield TriggerEvent(event)
-
-    # -- watcher mode: shared stream in ack mode ----------------------------------------------
-    def shared_stream_key(self) -> Hashable | None:
-        if self.settings.mode != "watcher":
-            return None
-        cls = type(self)
-        return ("airflow_trigger_kit", f"{cls.__module__}.{cls.__qualname__}", self.namespace, self.name)
-
-    @classmethod
-    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> SharedStreamProducer:
-        from airflow_trigger_kit.triggers.delivery import WatermarkProducer
-
-        return WatermarkProducer(cls(**kwargs))
-
-    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
-        # Yield each derived event before pulling the next raw event: that is what binds the event's
-        # persistence confirmation to the batch it came from (see airflow.triggers.shared_stream).
-        async for raw_event in shared_stream:
-            yield TriggerEvent(raw_event)

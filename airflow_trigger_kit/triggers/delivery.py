@@ -33,18 +33,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 from airflow_trigger_kit import metrics
 from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.retry import Backoff, is_transient
-from airflow_trigger_kit.sources.base import JSON, Source
+from airflow_trigger_kit.sources.base import JSON
 from airflow_trigger_kit.state import ProcessState, StateConflict
-
-if TYPE_CHECKING:
-    from airflow_trigger_kit.triggers.base import IncrementalTrigger
+from airflow_trigger_kit.triggers.session import Watch, WatchSession, open_session
 
 MAX_IN_FLIGHT = 4
 COMMIT_ATTEMPTS = 5
@@ -63,29 +61,36 @@ class PendingCommit:
     sequence: int
 
 
+class WatermarkSource(Watch, Protocol):
+    """What the producer needs of its watcher trigger (the trigger itself, in the triggerer)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
 class WatermarkProducer(SharedStreamProducer):
-    def __init__(self, trigger: IncrementalTrigger, state: ProcessState | None = None) -> None:
+    def __init__(self, trigger: WatermarkSource, state: ProcessState | None = None) -> None:
         self.trigger = trigger
         self.state = state or ProcessState(trigger.namespace, trigger.name)
         self.committed_version: int | None = None
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._source: Source | None = None
         self._sequence = 0
         self.log = trigger.log
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
-        source = self.trigger.build_source()
-        self._source = source
-        label = self.trigger._label(source)
-        try:
-            cursor, version = await self._load_or_baseline(source)
+        async with open_session(self.trigger) as session:
+            label = session.label
+            cursor, version = await self._load_or_baseline(session)
             self.committed_version = version
             self.log.info("%s: watching from committed cursor version %d", label, version)
             while True:
                 await self._in_flight.acquire()
-                batch = await self.trigger.next_batch(source, cursor)
+                batch = await session.next_batch(cursor)
                 self._sequence += 1
-                raw_event = self.trigger.payload(source, batch, cursor)
+                raw_event = session.payload(batch, cursor)
                 self.log.info(
                     "%s: batch %d with %d item(s) awaiting confirmation",
                     label,
@@ -94,8 +99,6 @@ class WatermarkProducer(SharedStreamProducer):
                 )
                 yield raw_event, PendingCommit(batch.cursor, len(batch.items), self._sequence)
                 cursor = batch.cursor
-        finally:
-            await source.aclose()
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:
         clean: list[PendingCommit] = []
@@ -150,7 +153,7 @@ class WatermarkProducer(SharedStreamProducer):
             )
             return
 
-    async def _load_or_baseline(self, source: Source) -> tuple[JSON, int]:
+    async def _load_or_baseline(self, session: WatchSession) -> tuple[JSON, int]:
         """The committed cursor and its version; on the first run, the start_from policy."""
         backoff = Backoff(self.trigger.settings.retry_base_seconds, self.trigger.settings.retry_max_seconds)
         while True:
@@ -160,7 +163,7 @@ class WatermarkProducer(SharedStreamProducer):
                     return entry.value, entry.version
                 if self.trigger.settings.start_from == "beginning":
                     return None, 0
-                cursor = await source.baseline()
+                cursor = await session.baseline()
                 version = await self.state.aset(CURSOR_KEY, cursor, expected_version=0)
                 return cursor, version
             except StateConflict:

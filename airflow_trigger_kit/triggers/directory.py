@@ -10,10 +10,13 @@ from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
 from airflow_trigger_kit.sources.base import Source
 from airflow_trigger_kit.sources.directory import (
     DEFAULT_IGNORE_PATTERNS,
+    DEFAULT_LOOKBACK_SECONDS,
+    DEFAULT_SETTLE_SECONDS,
     DirectorySource,
     DirectoryWatchConfig,
 )
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
+from airflow_trigger_kit.triggers.session import Subscription
 
 
 class MultiDirectoryTrigger(IncrementalTrigger):
@@ -41,8 +44,8 @@ class MultiDirectoryTrigger(IncrementalTrigger):
         recursive: bool = False,
         ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
         event_kinds: str | Sequence[str] = ("created",),
-        settle_seconds: float = 5.0,
-        lookback_seconds: float = 60.0,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
         poll_interval: float = 5.0,
         **common: Unpack[CommonTriggerKwargs],
     ) -> None:
@@ -60,3 +63,9 @@ class MultiDirectoryTrigger(IncrementalTrigger):
 
     def build_source(self) -> Source:
         return DirectorySource(self.config)
+
+    async def subscribe(self) -> Subscription:
+        """Directory watches share the hub's listings: each directory listed once for all waits."""
+        from airflow_trigger_kit.hub import get_hub
+
+        return get_hub().directories.subscribe(self.config)

@@ -106,6 +106,18 @@ class PostgresRowsTrigger(IncrementalTrigger):
 
         return PostgresSource(self.config, connect_kwargs, label=f"postgres_conn_id={conn_id!r}")
 
+    def build_shared_source(self) -> Source:
+        """The hub's source for this watch: connections from the process's pool for the conn id."""
+        from airflow_trigger_kit.hub import get_hub
+
+        conn_id = self.postgres_conn_id
+
+        async def connect_kwargs() -> dict[str, Any]:
+            return await aconnect_kwargs(conn_id)
+
+        connector = get_hub().postgres_pools.connector(conn_id, connect_kwargs)
+        return PostgresSource(self.config, label=f"postgres_conn_id={conn_id!r}", connector=connector)
+
 
 async def aconnect_kwargs(conn_id: str) -> dict[str, Any]:
     """asyncpg connect kwargs for ``conn_id``, looked up now; a missing connection is permanent."""

@@ -15,6 +15,7 @@ import pytest
 from aiobotocore.session import get_session
 
 from airflow_trigger_kit.sources.base import PermanentSourceError, TransientSourceError
+from airflow_trigger_kit.triggers.session import open_session
 from tests.s3_support import (
     CONN_ID,
     CREDENTIALS,
@@ -432,7 +433,8 @@ async def test_throttling_is_retried_with_backoff_until_s3_answers(
         try:
             with pytest.raises(TransientSourceError, match="SlowDown"):
                 await src.poll(None, 10)
-            batch = await asyncio.wait_for(t.next_batch(src, None), 30)
+            async with open_session(t) as session:  # the trigger's own retries, through the hub
+                batch = await asyncio.wait_for(session.next_batch(None), 30)
         finally:
             await src.aclose()
     assert sorted(i.data["key"] for i in batch.items) == ["in/a.csv", "in/b.csv"]

@@ -13,6 +13,7 @@ from airflow_trigger_kit.sources.base import PermanentSourceError
 from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.delivery import WatermarkProducer
 from airflow_trigger_kit.triggers.s3 import S3ObjectsTrigger
+from airflow_trigger_kit.triggers.session import open_session
 from tests.s3_support import (
     create_bucket,
     put_many,
@@ -170,10 +171,7 @@ async def test_a_cursor_over_the_state_limit_fails_loudly(s3_endpoint: str, monk
     await create_bucket(s3_endpoint, bucket, [f"in/{n:03d}.csv" for n in range(40)])
     monkeypatch.setenv("AIRFLOW__TRIGGER_KIT__STATE_MAX_VALUE_BYTES", "300")
     t = trigger(bucket, prefixes="in/", start_from="beginning")
-    src = t.build_source()
-    try:
+    async with open_session(t) as session:
         with pytest.raises(PermanentSourceError, match="state_max_value_bytes=300") as info:
-            await t.next_batch(src, None)
-    finally:
-        await src.aclose()
+            await session.next_batch(None)
     assert "cursor size notes" in str(info.value)

@@ -10,10 +10,10 @@ from airflow_trigger_kit.sources.base import PermanentSourceError
 from airflow_trigger_kit.sources.directory import (
     DirectoryScan,
     DirectoryWatchConfig,
-    FileStat,
     check_cursor,
     detect,
     empty_cursor,
+    file_stat,
 )
 
 pytestmark = pytest.mark.unit
@@ -33,7 +33,7 @@ def scan(files: dict[str, tuple[int, int, int]], directory: str = D, exists: boo
     return DirectoryScan(
         directory,
         exists,
-        {rel: FileStat(inode=i, size=sz, mtime_ns=t * S, stamp=t * S) for rel, (i, sz, t) in files.items()},
+        {rel: file_stat(inode=i, size=sz, mtime_ns=t * S, stamp=t * S) for rel, (i, sz, t) in files.items()},
         0,
     )
 
@@ -83,7 +83,7 @@ def test_copy_with_old_mtime_is_new_because_ctime_moved() -> None:
     first = detect(c, empty_cursor(c), [scan({"a.csv": (1, 5, 1000)})], 10, 2000 * S)
     assert names(first) == [("a.csv", "created")]
     copied = scan({"a.csv": (1, 5, 1000)})
-    copied.files["old_copy.csv"] = FileStat(inode=2, size=5, mtime_ns=10 * S, stamp=1500 * S)
+    copied.files["old_copy.csv"] = file_stat(inode=2, size=5, mtime_ns=10 * S, stamp=1500 * S)
     batch = detect(c, first.cursor, [copied], 10, 2000 * S)
     assert names(batch) == [("old_copy.csv", "created")]
 
@@ -221,7 +221,7 @@ def test_a_burst_keeps_the_cursor_bounded_and_loses_nothing() -> None:
 
     c = cfg(lookback_seconds=60)
     files = {f"{n:06d}.csv": (n + 1, 10, 100 * S + n * 20_000) for n in range(50_000)}
-    the_scan = DirectoryScan(D, True, {rel: FileStat(i, sz, t, t) for rel, (i, sz, t) in files.items()}, 0)
+    the_scan = DirectoryScan(D, True, {rel: file_stat(i, sz, t, t) for rel, (i, sz, t) in files.items()}, 0)
     cursor = empty_cursor(c)
     reported: list[str] = []
     sizes = []

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+from airflow.triggers.base import BaseEventTrigger
 
 from airflow_trigger_kit.sources.postgres import (
     PostgresWatchConfig,
@@ -231,9 +232,5 @@ def test_watcher_shares_a_stream_keyed_by_identity() -> None:
         "n",
         "w",
     )
-    assert (
-        PostgresRowsTrigger(
-            namespace="n", name="w", table="t", watermark_columns="id", mode="sensor"
-        ).shared_stream_key()
-        is None
-    )
+    sensor = PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", mode="sensor")
+    assert not isinstance(sensor, BaseEventTrigger)  # a deferral trigger: no shared stream

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from airflow._shared.module_loading import import_string  # what the triggerer uses
+from airflow.triggers.base import BaseEventTrigger
 
-from airflow_trigger_kit.triggers import MultiDirectoryTrigger
+from airflow_trigger_kit.triggers import (
+    IncrementalTrigger,
+    MultiDirectoryTrigger,
+    PostgresRowsTrigger,
+    S3ObjectsTrigger,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +65,29 @@ def test_watcher_shares_a_stream_keyed_by_its_identity_and_sensor_does_not() -> 
         "w",
     )
     sensor = MultiDirectoryTrigger(directories=["/a"], namespace="n", name="w", mode="sensor")
-    assert sensor.shared_stream_key() is None
+    assert not hasattr(sensor, "shared_stream_key")
+
+
+@pytest.mark.parametrize("trigger_class", [MultiDirectoryTrigger, S3ObjectsTrigger, PostgresRowsTrigger])
+def test_only_watchers_are_event_triggers_so_the_triggerer_counts_sensors_as_triggers(
+    trigger_class: type[IncrementalTrigger],
+) -> None:
+    """The triggerer counts every BaseEventTrigger as a watcher (is_watcher = isinstance(...))."""
+    source = {
+        MultiDirectoryTrigger: {"directories": ["/a"]},
+        S3ObjectsTrigger: {"bucket": "landing"},
+        PostgresRowsTrigger: {"table": "orders", "watermark_columns": "id"},
+    }[trigger_class]
+    sensor = trigger_class(**source, namespace="n", name="w", mode="sensor")  # type: ignore[call-arg]
+    watcher = trigger_class(**source, namespace="n", name="w")  # type: ignore[call-arg]
+    assert isinstance(sensor, trigger_class) and not isinstance(sensor, BaseEventTrigger)
+    assert isinstance(watcher, trigger_class) and isinstance(watcher, BaseEventTrigger)
+    # The watcher serializes under the public class, so the triggerer re-creates the same variant.
+    classpath, kwargs = watcher.serialize()
+    assert classpath == f"{trigger_class.__module__}.{trigger_class.__name__}"
+    rebuilt = import_string(classpath)(**kwargs)
+    assert type(rebuilt) is type(watcher)
+    assert type(trigger_class(**sensor.serialize()[1])) is trigger_class
 
 
 @pytest.mark.parametrize(

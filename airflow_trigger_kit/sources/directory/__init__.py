@@ -27,9 +27,10 @@ from airflow_trigger_kit.sources.directory.listing import (
     FileStat,
     Listing,
     ListingKey,
+    file_stat,
     scan_directory,
 )
-from airflow_trigger_kit.sources.directory.source import DirectorySource, verify_reported
+from airflow_trigger_kit.sources.directory.source import DirectorySource, baseline_cursor, verify_reported
 
 __all__ = [
     "CURSOR_VERSION",
@@ -47,9 +48,11 @@ __all__ = [
     "FileStat",
     "Listing",
     "ListingKey",
+    "baseline_cursor",
     "check_cursor",
     "detect",
     "empty_cursor",
+    "file_stat",
     "scan_directory",
     "verify_reported",
 ]

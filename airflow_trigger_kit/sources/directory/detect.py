@@ -40,6 +40,7 @@ Design and invariants (the cursor is what makes the watch exact, so read this be
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -185,15 +186,19 @@ def _watermark_candidates(
     seen_below = max(hwm - lookback_ns, state.get("floor", hwm - lookback_ns))
     found: list[_Candidate] = []
     unsettled = 0
-    for rel, st in scan.newer_than(seen_below):
+    stamps, rels = scan.by_stamp
+    files = scan.files
+    for rel in rels[bisect_right(stamps, seen_below) :]:  # only what is above the watermark
+        st = files[rel]
         seen = edge.get(rel)
-        if seen is not None and seen[0] == st.inode and seen[1] == st.stamp:
+        inode, size, mtime_ns, stamp = st
+        if seen is not None and seen[0] == inode and seen[1] == stamp:
             continue
-        if now_ns - st.stamp < settle_ns:
+        if now_ns - stamp < settle_ns:
             unsettled += 1
             continue
-        kind = "modified" if seen is not None and seen[0] == st.inode else "created"
-        found.append(_Candidate(scan.directory, rel, kind, st.inode, st.size, st.mtime_ns, st.stamp))
+        kind = "modified" if seen is not None and seen[0] == inode else "created"
+        found.append(_Candidate(scan.directory, rel, kind, inode, size, mtime_ns, stamp))
     return found, unsettled
 
 
@@ -227,13 +232,14 @@ def _snapshot_candidates(
     unsettled = 0
     for rel, st in scan.files.items():
         prev = known.get(rel)
-        if prev is not None and prev == [st.inode, st.size, st.mtime_ns]:
+        inode, size, mtime_ns, stamp = st
+        if prev is not None and prev[0] == inode and prev[1] == size and prev[2] == mtime_ns:
             continue
-        if now_ns - st.stamp < settle_ns:
+        if now_ns - stamp < settle_ns:
             unsettled += 1
             continue
-        kind = "modified" if prev is not None and prev[0] == st.inode else "created"
-        found.append(_Candidate(scan.directory, rel, kind, st.inode, st.size, st.mtime_ns, st.stamp))
+        kind = "modified" if prev is not None and prev[0] == inode else "created"
+        found.append(_Candidate(scan.directory, rel, kind, inode, size, mtime_ns, stamp))
     for rel, prev in known.items():
         if rel not in scan.files:
             found.append(_Candidate(scan.directory, rel, "deleted", prev[0], prev[1], prev[2], 0))

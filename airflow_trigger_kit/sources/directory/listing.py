@@ -42,7 +42,6 @@ import os
 import re
 import stat as stat_module
 import time
-from bisect import bisect_right
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,12 +60,18 @@ MAX_IDLE_LISTINGS = 4096
 """Listings kept without a subscriber (what a re-created trigger finds already known)."""
 
 
-class FileStat(NamedTuple):
-    inode: int
-    size: int
-    mtime_ns: int
-    stamp: int
-    """``max(mtime_ns, ctime_ns)``: moves on every write, rename and copy, even with an old mtime."""
+FileStat = tuple[int, int, int, int]
+"""``(inode, size, mtime_ns, stamp)`` of one file; ``stamp`` is ``max(mtime_ns, ctime_ns)``, which moves
+on every write, rename and copy, even with an old mtime.
+
+A plain tuple on purpose: the garbage collector untracks exact tuples of numbers, while instances of
+a tuple subclass (a ``NamedTuple``) stay tracked forever. A hundred thousand of them would make
+every full collection of the triggerer process slower, and trigger more of them."""
+INODE, SIZE, MTIME, STAMP = 0, 1, 2, 3
+
+
+def file_stat(inode: int, size: int, mtime_ns: int, stamp: int) -> FileStat:
+    return (inode, size, mtime_ns, stamp)
 
 
 @dataclass(frozen=True)
@@ -81,22 +86,28 @@ class FileFilter:
         return cls(config.patterns, config.ignore_patterns)
 
     @cached_property
-    def _wanted(self) -> re.Pattern[str]:
-        return _compile(self.patterns)
+    def match(self) -> Callable[[str], object]:
+        """``match(name)`` is truthy for a wanted name: one regular expression, no Python frame."""
+        wanted = _alternatives(self.patterns)
+        if not self.ignore_patterns:
+            return re.compile(wanted).match
+        # A name is wanted when no ignore pattern matches it whole, and a pattern does.
+        return re.compile(f"(?!{_alternatives(self.ignore_patterns)}){wanted}").match
 
     @cached_property
-    def _ignored(self) -> re.Pattern[str] | None:
-        return _compile(self.ignore_patterns) if self.ignore_patterns else None
+    def _ignored(self) -> Callable[[str], object] | None:
+        return re.compile(_alternatives(self.ignore_patterns)).match if self.ignore_patterns else None
 
     def ignores(self, name: str) -> bool:
-        return self._ignored is not None and self._ignored.match(name) is not None
+        return self._ignored is not None and self._ignored(name) is not None
 
     def accepts(self, name: str) -> bool:
-        return self._wanted.match(name) is not None and not self.ignores(name)
+        return self.match(name) is not None
 
 
-def _compile(globs: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs))
+def _alternatives(globs: Iterable[str]) -> str:
+    """One regular expression matching a whole name when any of ``globs`` does."""
+    return "(?:" + "|".join(f"(?:{fnmatch.translate(g)})" for g in globs) + ")"
 
 
 @dataclass(frozen=True)
@@ -112,27 +123,27 @@ class DirectoryScan:
     @cached_property
     def by_stamp(self) -> tuple[list[int], list[str]]:
         """Stamps in ascending order and the paths in the same order (for bisecting a watermark)."""
-        pairs = sorted((st.stamp, rel) for rel, st in self.files.items())
+        pairs = sorted((st[STAMP], rel) for rel, st in self.files.items())
         return [s for s, _ in pairs], [r for _, r in pairs]
-
-    def newer_than(self, stamp: int) -> Iterable[tuple[str, FileStat]]:
-        """Files whose stamp is above ``stamp``, without looking at the others."""
-        stamps, rels = self.by_stamp
-        files = self.files
-        for rel in rels[bisect_right(stamps, stamp) :]:
-            yield rel, files[rel]
 
 
 # --------------------------------------------------------------------------------------------------
 # One pass over a directory
 # --------------------------------------------------------------------------------------------------
 def list_files(
-    path: str, *, recursive: bool, accepts: Callable[[str], bool], ignores_dir: Callable[[str], bool]
+    path: str, *, recursive: bool, accepts: Callable[[str], object], ignores_dir: Callable[[str], bool]
 ) -> dict[str, FileStat]:
-    """Matching regular files under ``path`` (``FileNotFoundError`` when it is gone)."""
+    """Matching regular files under ``path`` (``FileNotFoundError`` when it is gone).
+
+    ``accepts(name)`` is truthy for a wanted file name; it runs before any ``stat``.
+    """
     files: dict[str, FileStat] = {}
     _list_into(path, "", files, recursive, accepts, ignores_dir, top_level=True)
     return files
+
+
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
 
 
 def _list_into(
@@ -140,7 +151,7 @@ def _list_into(
     prefix: str,
     files: dict[str, FileStat],
     recursive: bool,
-    accepts: Callable[[str], bool],
+    accepts: Callable[[str], object],
     ignores_dir: Callable[[str], bool],
     *,
     top_level: bool,
@@ -156,15 +167,15 @@ def _list_into(
         if top_level:
             raise FileNotFoundError(path) from None
         return
+    # The hot loop of every first poll: one regex call per name, one stat per wanted name, nothing else.
     with iterator:
         for entry in iterator:
             name = entry.name
             try:
                 if recursive and entry.is_dir():
                     if not ignores_dir(name):
-                        _list_into(
-                            entry.path, f"{prefix}{name}/", files, recursive, accepts, ignores_dir, top_level=False
-                        )
+                        sub = f"{prefix}{name}/"
+                        _list_into(entry.path, sub, files, recursive, accepts, ignores_dir, top_level=False)
                     continue
                 if not accepts(name):
                     continue
@@ -174,9 +185,13 @@ def _list_into(
             except PermissionError:
                 log.warning("skipping %s: permission denied", entry.path)
                 continue
-            if stat_module.S_ISREG(st.st_mode):
-                files[f"{prefix}{name}"] = FileStat(
-                    st.st_ino, st.st_size, st.st_mtime_ns, max(st.st_mtime_ns, st.st_ctime_ns)
+            if st.st_mode & _S_IFMT == _S_IFREG:
+                mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+                files[prefix + name if prefix else name] = (
+                    st.st_ino,
+                    st.st_size,
+                    mtime,
+                    ctime if ctime > mtime else mtime,
                 )
 
 
@@ -203,7 +218,7 @@ def scan_directory(config: DirectoryWatchConfig, directory: str) -> DirectorySca
         return DirectoryScan(directory, False, {}, now)
     filt = FileFilter.of(config)
     try:
-        files = list_files(directory, recursive=config.recursive, accepts=filt.accepts, ignores_dir=filt.ignores)
+        files = list_files(directory, recursive=config.recursive, accepts=filt.match, ignores_dir=filt.ignores)
     except FileNotFoundError:
         return DirectoryScan(directory, False, {}, now)
     return DirectoryScan(directory, True, files, now, top.st_mtime_ns)
@@ -361,7 +376,7 @@ class DirectoryListings:
         listing.files = files
         listing.listed_at_ns = now
         listing.dir_mtime_ns = top.st_mtime_ns if top is not None and exists else 0
-        listing.newest_stamp = max((st.stamp for st in files.values()), default=0)
+        listing.newest_stamp = max((st[STAMP] for st in files.values()), default=0)
         listing.covered = frozenset(listing.filters)
         listing.stale = False
         return listing, True
@@ -372,13 +387,13 @@ class DirectoryListings:
             listing.stale = True
 
     @staticmethod
-    def _union(listing: Listing) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
+    def _union(listing: Listing) -> tuple[Callable[[str], object], Callable[[str], bool]]:
         filters = list(listing.filters)
         if len(filters) == 1:
             only = filters[0]
-            return only.accepts, only.ignores
+            return only.match, only.ignores
         ignore = FileFilter((), listing.key.ignore_patterns).ignores
-        return (lambda name: any(f.accepts(name) for f in filters)), ignore
+        return (lambda name: any(f.match(name) for f in filters)), ignore
 
     def _log_presence(self, directory: str, exists: bool) -> None:
         if not exists and directory not in self._missing_logged:
@@ -408,7 +423,7 @@ class DirectoryListings:
             except OSError:
                 self.invalidate(key)
                 return False
-            current = FileStat(st.st_ino, st.st_size, st.st_mtime_ns, max(st.st_mtime_ns, st.st_ctime_ns))
+            current = (st.st_ino, st.st_size, st.st_mtime_ns, max(st.st_mtime_ns, st.st_ctime_ns))
             if kind == "deleted" or current != expected:
                 self.invalidate(key)
                 return False

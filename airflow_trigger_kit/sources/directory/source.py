@@ -9,6 +9,7 @@ same logic for one watch on its own (a sensor's check on a worker, a baseline, t
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 from airflow_trigger_kit.sources.base import JSON, Batch, Source
@@ -16,7 +17,6 @@ from airflow_trigger_kit.sources.directory.config import DirectoryWatchConfig
 from airflow_trigger_kit.sources.directory.detect import check_cursor, detect, empty_cursor
 from airflow_trigger_kit.sources.directory.listing import (
     DirectoryListings,
-    DirectoryScan,
     FileFilter,
     FileStat,
     Listing,
@@ -35,32 +35,32 @@ class DirectorySource(Source):
 
     def __init__(self, config: DirectoryWatchConfig, listings: DirectoryListings | None = None) -> None:
         self.config = config
-        self.filter = FileFilter.of(config)
-        self.listings = listings if listings is not None else DirectoryListings()
-        self.keys = self.listings.subscribe(config)
+        self._listings = listings
+
+    @functools.cached_property
+    def listings(self) -> DirectoryListings:
+        """The listing cache, with this watch subscribed (made on first use: describing costs nothing)."""
+        return self._listings if self._listings is not None else DirectoryListings()
+
+    @functools.cached_property
+    def keys(self) -> list[ListingKey]:
+        return self.listings.subscribe(self.config)
+
+    @functools.cached_property
+    def filter(self) -> FileFilter:
+        return FileFilter.of(self.config)
 
     def describe(self) -> str:
         return f"directories {list(self.config.directories)} patterns {list(self.config.patterns)}"
 
     async def baseline(self) -> JSON:
-        def compute() -> JSON:
-            for key in self.keys:
-                self.listings.invalidate(key)  # a baseline is taken from fresh listings
-            scans = self.scans()
-            # Everything settled now counts as seen; files still being written are reported later.
-            return detect(self.config, empty_cursor(self.config), scans, 10**12, now_ns=time.time_ns()).cursor
-
-        return await asyncio.to_thread(compute)
+        return await asyncio.to_thread(baseline_cursor, self.config, self.listings, self.keys)
 
     async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
         current = empty_cursor(self.config) if cursor is None else check_cursor(self.config, cursor)
         # Listing, stat calls and the comparison all run in a worker thread: on a directory of
         # 50,000 files they take tens of milliseconds that the triggerer's event loop must not lose.
         return await asyncio.to_thread(self._poll_blocking, current, max_items)
-
-    def scans(self) -> list[DirectoryScan]:
-        """Up-to-date views of every directory of this watch (blocking)."""
-        return [self.listings.refresh(key)[0].view(self.filter) for key in self.keys]
 
     def _poll_blocking(self, cursor: dict[str, JSON], max_items: int) -> Batch:
         while True:
@@ -76,7 +76,8 @@ class DirectorySource(Source):
                 return batch
 
     async def aclose(self) -> None:
-        self.listings.unsubscribe(self.config)
+        if "keys" in self.__dict__:  # subscribed
+            self.listings.unsubscribe(self.config)
 
     def describe_cursor(self, cursor: JSON | None) -> JSON:
         if cursor is None:
@@ -88,6 +89,19 @@ class DirectorySource(Source):
             else:
                 summary[directory] = {"tracked": len(state["known"])}
         return summary
+
+
+def baseline_cursor(config: DirectoryWatchConfig, listings: DirectoryListings, keys: list[ListingKey]) -> JSON:
+    """A cursor after every file that exists and has settled now, from fresh listings (blocking).
+
+    Files still being written are not counted as seen: they are reported once settled.
+    """
+    filt = FileFilter.of(config)
+    scans = []
+    for key in keys:
+        listings.invalidate(key)
+        scans.append(listings.refresh(key)[0].view(filt))
+    return detect(config, empty_cursor(config), scans, 10**12, now_ns=time.time_ns()).cursor
 
 
 def verify_reported(listings: DirectoryListings, batch: Batch, reused: dict[str, Listing]) -> bool:

@@ -1,0 +1,159 @@
+"""Shared sources for S3 and Postgres watches: one source per identity, one poll per cursor.
+
+Design and invariants:
+
+* **Identity.** Watches whose source identity is equal (the source kind and every source
+  parameter, connection id included; not the watch's namespace/name and not its cursor) share
+  one :class:`Channel`: one source object, so one S3 client or one Postgres catalog inspection,
+  and for Postgres the process's connection pool behind it.
+* **Coalescing.** On each tick, the due waiters of a channel are grouped by ``(cursor, max_items)``
+  (the cursor compared by its canonical JSON); each group costs one ``poll``, whose batch every
+  waiter of the group receives. A group whose poll is already running is joined, not repeated.
+  Since :meth:`Source.poll` is a pure function of the cursor and the data, each waiter gets
+  exactly the items and dedup ids it would have got polling alone.
+* **Background polls.** Polls run as tasks; the ticker never waits for one, so a slow listing on
+  one channel delays no other. A waiter is in at most one poll at a time.
+* **Errors reach the waiters of the failed poll only**; each trigger classifies and retries them
+  with its own backoff, as it would alone.
+* **Lifetime.** The channel's source is created by its first subscriber and closed when its last
+  subscriber leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable, Hashable
+
+from airflow_trigger_kit import metrics
+from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
+from airflow_trigger_kit.sources.base import JSON, Batch, Source
+
+log = logging.getLogger(__name__)
+
+MAX_POLLS_PER_CHANNEL = 8
+"""Distinct cursors of one channel polled at the same time (the rest wait for the next slot)."""
+
+
+def cursor_key(cursor: JSON) -> str:
+    """The canonical text of a cursor: equal cursors, equal keys."""
+    return json.dumps(cursor, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class Channel:
+    """One shared source and the polls made through it."""
+
+    def __init__(self, identity: Hashable, source: Source) -> None:
+        self.identity = identity
+        self.source = source
+        self.subscribers = 0
+        self.polls = 0
+        """Polls made through this channel (for tests and benchmarks)."""
+        self.running: dict[tuple[str, int], asyncio.Task[Batch]] = {}
+        self.slots = asyncio.Semaphore(MAX_POLLS_PER_CHANNEL)
+
+
+class ChannelHub:
+    """Every shared-source channel of one event loop (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[Hashable, Channel] = {}
+        self.ticker = Ticker(self._tick, "channels")
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, identity: Hashable, make_source: Callable[[], Source]) -> ChannelSubscription:
+        channel = self.channels.get(identity)
+        if channel is None:
+            channel = self.channels[identity] = Channel(identity, make_source())
+        channel.subscribers += 1
+        return ChannelSubscription(self, channel)
+
+    def _release(self, channel: Channel) -> None:
+        channel.subscribers -= 1
+        if channel.subscribers > 0 or self.channels.get(channel.identity) is not channel:
+            return
+        del self.channels[channel.identity]
+        for task in channel.running.values():
+            task.cancel()
+        closing = asyncio.get_running_loop().create_task(_close_quietly(channel.source))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _tick(self, due: list[Waiter]) -> None:
+        groups: dict[tuple[Channel, str, int], list[Waiter]] = {}
+        for waiter in due:
+            channel: Channel = waiter.owner
+            groups.setdefault((channel, waiter.cursor_key or "", waiter.max_items), []).append(waiter)
+        for (channel, key, max_items), waiters in groups.items():
+            task = channel.running.get((key, max_items))
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._poll(channel, waiters[0].cursor, max_items))
+                channel.running[(key, max_items)] = task
+                task.add_done_callback(functools.partial(_forget, channel, (key, max_items)))
+            task.add_done_callback(functools.partial(self._deliver, waiters=waiters))
+
+    async def _poll(self, channel: Channel, cursor: JSON, max_items: int) -> Batch:
+        async with channel.slots:
+            channel.polls += 1
+            metrics.incr("polls", source=channel.source.kind)
+            return await channel.source.poll(cursor, max_items)
+
+    def _deliver(self, task: asyncio.Task[Batch], *, waiters: list[Waiter]) -> None:
+        if task.cancelled():
+            for waiter in waiters:
+                waiter.fail(asyncio.CancelledError())
+            return
+        exc = task.exception()
+        batch = None if exc is not None else task.result()
+        for waiter in waiters:
+            if waiter.future.done():
+                continue
+            if exc is not None:
+                waiter.fail(exc)
+            elif batch is not None and batch.items:
+                waiter.resolve(batch)
+            elif batch is not None:
+                if batch.cursor != waiter.cursor:
+                    waiter.cursor = batch.cursor
+                    waiter.cursor_key = cursor_key(batch.cursor)
+                self.ticker.reschedule(waiter)
+
+
+class ChannelSubscription:
+    """One watch's share of a channel: its waits are polled with everyone else's."""
+
+    def __init__(self, hub: ChannelHub, channel: Channel) -> None:
+        self.hub = hub
+        self.channel = channel
+        self.closed = False
+
+    @property
+    def source(self) -> Source:
+        return self.channel.source
+
+    async def next_batch(self, cursor: JSON | None, max_items: int, poll_interval: float) -> Batch:
+        """Wait until the source reports items after ``cursor``; the batch that covers them."""
+        future = asyncio.get_running_loop().create_future()
+        waiter = Waiter(cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor))
+        return await self.hub.ticker.wait(waiter)
+
+    async def baseline(self) -> JSON:
+        return await self.channel.source.baseline()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.hub._release(self.channel)
+
+
+def _forget(channel: Channel, key: tuple[str, int], _: asyncio.Task[Batch]) -> None:
+    channel.running.pop(key, None)
+
+
+async def _close_quietly(source: Source) -> None:
+    try:
+        await source.aclose()
+    except Exception:
+        log.warning("closing %s failed", source.describe(), exc_info=True)
