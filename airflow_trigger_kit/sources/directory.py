@@ -56,6 +56,7 @@ from airflow_trigger_kit.sources.base import (
     stable_id,
     take_in_order,
 )
+from airflow_trigger_kit.sources.globs import check_globs
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class DirectoryWatchConfig:
             raise ValueError("directories must name at least one directory, got []")
         normalized: list[str] = []
         for d in dirs:
+            if "\x00" in d:
+                raise ValueError(f"directories must not contain NUL characters (no path can), got {d!r}")
             if not os.path.isabs(d):
                 raise ValueError(
                     f"directories must be absolute paths (the triggerer runs in another working directory), got {d!r}"
@@ -114,7 +117,9 @@ class DirectoryWatchConfig:
                 raise ValueError(
                     f"patterns match file names, not paths (use recursive=True for subdirectories), got {p!r}"
                 )
+        check_globs("patterns", pats)
         ignores = _string_list("ignore_patterns", ignore_patterns or ())
+        check_globs("ignore_patterns", ignores)
         kinds = _event_kinds(event_kinds)
         if not isinstance(recursive, bool):
             raise ValueError(f"recursive must be True or False, got {recursive!r}")

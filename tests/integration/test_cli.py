@@ -121,3 +121,34 @@ def test_unavailable_store_exits_3(tmp_path: Path) -> None:
     result = run(env, "state", "get", "n", "w", "k")
     assert result.returncode == 3, result.stderr
     assert "unavailable" in result.stderr and "conn_id='down'" in result.stderr
+
+
+def test_state_conn_id_naming_no_connection_is_an_unavailable_store(tmp_path: Path) -> None:
+    """The docs promise StateStoreUnavailable: one line naming the option and the value, exit 3."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__TRIGGER_KIT__"))}
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AIRFLOW__TRIGGER_KIT__STATE_CONN_ID"] = "no_such_state_conn"
+    for args in (["state", "get", "n", "w", "k"], ["state", "list"], ["state", "set", "n", "w", "k", "1"]):
+        result = run(env, *args)
+        assert result.returncode == 3, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+        assert lines[0].startswith("trigger-kit: ProcessState store unavailable: [trigger_kit] state_conn_id=")
+        assert "'no_such_state_conn' names no Airflow connection" in lines[0]
+        assert "Traceback" not in result.stderr
+
+
+async def test_state_conn_id_naming_no_connection_raises_state_store_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_trigger_kit.state import ProcessState, StateStoreUnavailable
+    from airflow_trigger_kit.state.factory import aclose_backends
+
+    monkeypatch.setenv("AIRFLOW__TRIGGER_KIT__STATE_CONN_ID", "no_such_state_conn")
+    state = ProcessState("n", "w")
+    try:
+        for attempt in (state.aget("k"), state.aset("k", 1)):
+            with pytest.raises(StateStoreUnavailable, match="state_conn_id='no_such_state_conn' names no Airflow"):
+                await attempt
+    finally:
+        await aclose_backends()
