@@ -100,6 +100,12 @@ class PgServer:
     port: int
     user: str
     password: str | None = None
+    datadir: str | None = None
+    """Set for a cluster this process started (:func:`throwaway_postgres`): it can be restarted."""
+    bindir: str | None = None
+    run_as: tuple[str, ...] = ()
+    options: str = ""
+    """The server options it was started with (``pg_ctl start -o``; ``restart`` reuses them itself)."""
 
     def dsn(self, database: str = "postgres") -> str:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
@@ -108,6 +114,21 @@ class PgServer:
     def airflow_conn_uri(self, database: str) -> str:
         """The same server as an Airflow connection URI (``AIRFLOW_CONN_*``), database in the path."""
         return self.dsn(database)
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run ``pg_ctl`` on this cluster (``stop -m fast``, ``start``, ``restart``), waiting for it.
+
+        A real server stop or restart, for fault tests: every client connection is cut, and the
+        server refuses new ones until it is back.
+        """
+        if self.datadir is None or self.bindir is None:
+            raise RuntimeError(f"{self.dsn()} was not started by this process; it cannot be restarted from here")
+        command = [*self.run_as, f"{self.bindir}/pg_ctl", "-D", self.datadir, *args]
+        if args and args[0] in ("start", "restart"):
+            command += ["-l", os.path.join(self.datadir, "server.log")]
+        if args and args[0] == "start":
+            command += ["-o", self.options]
+        subprocess.run([*command, "-w"], check=True, stdout=subprocess.DEVNULL, timeout=120)
 
 
 @contextlib.contextmanager
@@ -146,7 +167,15 @@ def throwaway_postgres() -> Iterator[PgServer]:
             stdout=subprocess.DEVNULL,
         )
         started = True
-        yield PgServer(host="127.0.0.1", port=port, user="postgres")
+        yield PgServer(
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            datadir=datadir,
+            bindir=bindir,
+            run_as=tuple(run_as),
+            options=options,
+        )
     finally:
         if started:
             subprocess.run(
