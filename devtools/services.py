@@ -227,6 +227,113 @@ def drop_database(server: PgServer, name: str) -> None:
         pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# -- Redis (the CeleryExecutor's broker) --------------------------------------------------------------
+REDIS_INSTALL_HINT = (
+    "no Redis server answers at {url} and redis-server is not installed: install it (`apt-get install "
+    "redis-server` on Debian/Ubuntu) or point TRIGGER_KIT_REDIS_URL at a server (redis://host:port)"
+)
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@dataclass(frozen=True)
+class CeleryBroker:
+    """Where the CeleryExecutor's queue lives, kept apart from any other run on the same Redis.
+
+    :param url: the broker URL, with a database number of this run (``redis://127.0.0.1:6379/7``).
+    :param key_prefix: prefix of every Redis key of this run (kombu's ``global_keyprefix``).
+    :param queue: the Celery queue tasks go to (``[operators] default_queue``), also unique per run.
+    :param concurrency: task processes per worker.
+    """
+
+    url: str
+    key_prefix: str
+    queue: str
+    concurrency: int = 2
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether a Redis server answers PING at ``url`` (``redis://host:port``)."""
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server_process(log_path: str | None = None) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free loopback port, no persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(REDIS_INSTALL_HINT.format(url="(none started)"))
+    port = free_port()
+    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode} (log: {log_path})")
+            return redis_answers(url, timeout=0.5)
+
+        wait_for(up, timeout=30, what="redis-server to answer")
+        yield url
+    finally:
+        stop_process_group(proc, timeout=5)
+        log.close()
+
+
+@contextlib.contextmanager
+def celery_broker(url: str | None = None, log_path: str | None = None) -> Iterator[CeleryBroker]:
+    """A Celery broker on Redis for one run: its own database number, key prefix and queue name.
+
+    Uses the server at ``url`` (default ``$TRIGGER_KIT_REDIS_URL``, else 127.0.0.1:6379, which this
+    machine kind runs); where none answers, starts a throwaway ``redis-server`` (or fails with the
+    install hint). Concurrent runs on one Redis do not see each other's tasks, and this run's keys
+    are deleted at the end.
+    """
+    import secrets
+
+    import redis
+
+    base = (url or os.environ.get("TRIGGER_KIT_REDIS_URL") or DEFAULT_REDIS_URL).rstrip("/")
+    with contextlib.ExitStack() as stack:
+        if not redis_answers(base):
+            if shutil.which("redis-server") is None:
+                raise RuntimeError(REDIS_INSTALL_HINT.format(url=base))
+            base = stack.enter_context(redis_server_process(log_path))
+        run = secrets.token_hex(4)
+        # The emptiest of databases 1-15 (0 is everyone's default); the prefix and the queue keep this
+        # run apart even if another run picked the same database.
+        sizes = {}
+        for db in range(1, 16):
+            client = redis.Redis.from_url(f"{base}/{db}")
+            try:
+                sizes[db] = int(client.dbsize())
+            finally:
+                client.close()
+        db = min(sizes, key=lambda n: (sizes[n], secrets.randbelow(1000)))
+        broker = CeleryBroker(url=f"{base}/{db}", key_prefix=f"trigger-kit-{run}:", queue=f"trigger_kit_{run}")
+        try:
+            yield broker
+        finally:
+            client = redis.Redis.from_url(broker.url)
+            try:
+                keys = list(client.scan_iter(match=f"{broker.key_prefix}*", count=1000))
+                for start in range(0, len(keys), 500):
+                    client.delete(*keys[start : start + 500])
+            finally:
+                client.close()
+
+
 # -- S3 (moto) -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def moto_s3_server() -> Iterator[str]:
