@@ -269,26 +269,10 @@ def redis_server_process(log_path: str | None = None) -> Iterator[str]:
     if binary is None:
         raise RuntimeError(REDIS_INSTALL_HINT.format(url="(none started)"))
     port = free_port()
-    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"redis://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode} (log: {log_path})")
-            return redis_answers(url, timeout=0.5)
-
-        wait_for(up, timeout=30, what="redis-server to answer")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with server_process(argv, url, lambda: redis_answers(url, timeout=0.5), name="redis-server", log_path=log_path):
         yield url
-    finally:
-        stop_process_group(proc, timeout=5)
-        log.close()
 
 
 @contextlib.contextmanager
@@ -357,26 +341,44 @@ def moto_s3_server_process(log_path: str | None = None) -> Iterator[str]:
     polls the REST API at the same time, and a server sharing its GIL would skew detection times.
     """
     port = free_port()
-    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with server_process(argv, url, answers, name="moto server", log_path=log_path, timeout=60):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: list[str],
+    url: str,
+    answers: Callable[[], bool],
+    *,
+    name: str,
+    log_path: str | None = None,
+    timeout: float = 30,
+) -> Iterator[str]:
+    """Run a server subprocess in its own process group until it ``answers``; stop the group after.
+
+    Its output goes to ``log_path``; a server that exits before answering fails at once, naming it.
+    """
+    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
 
         def up() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode} (log: {log_path})")
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                    return True
-            except (urllib.error.URLError, OSError):
-                return False
+                raise RuntimeError(f"{name} exited with {proc.returncode} (log: {log_path})")
+            return answers()
 
-        wait_for(up, timeout=60, what="moto's S3 server to answer")
+        wait_for(up, timeout=timeout, what=f"{name} to answer")
         yield url
     finally:
         stop_process_group(proc, timeout=5)

@@ -19,10 +19,15 @@ of what was committed:
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+from airflow_trigger_kit.sources.base import Batch
 
 
 def examples(n: int) -> int:
@@ -40,6 +45,18 @@ def model_settings(max_examples: int, steps: int = 40) -> settings:
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     )
+
+
+def drain(poll: Callable[[], Batch], limit: int = 1000) -> int:
+    """Poll until a poll reports nothing and nothing more (the watch is drained); return the polls.
+
+    Fails when ``limit`` polls did not drain it: a cursor that never settles is a bug too.
+    """
+    for polls in range(1, limit + 1):
+        batch = poll()
+        if not batch.items and not batch.more:
+            return polls
+    raise AssertionError(f"the watch did not drain in {limit} polls")
 
 
 @dataclass
@@ -73,3 +90,41 @@ class DeliveryLog:
     def assert_exactly_once(self, context: str) -> None:
         twice = {c: n for c, n in self.committed.items() if n > 1}
         assert not twice, f"{context}: delivered more than once by committed batches: {list(twice.items())[:10]!r}"
+
+
+class CursorModel(RuleBasedStateMachine):
+    """The rules every source's model shares: polls (some lost in a crash) and drains.
+
+    A model implements :meth:`poll_once` (one poll from the committed cursor, recording what was
+    reported in :attr:`log` and committing the cursor unless ``crash``) and :meth:`check_drained`
+    (the properties, given what :meth:`before_drain` noted). Its teardown drains once more.
+    """
+
+    drain_max_items: ClassVar[int] = 3
+    drain_limit: ClassVar[int] = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = DeliveryLog()
+
+    def poll_once(self, max_items: int, *, crash: bool = False) -> Batch:
+        raise NotImplementedError
+
+    def before_drain(self) -> Any:
+        """What ``check_drained`` needs to know from before the drain (default: nothing)."""
+        return None
+
+    def check_drained(self, before: Any) -> None:
+        raise NotImplementedError
+
+    @rule(max_items=st.sampled_from([1, 2, 5, 500]), crash=st.booleans())
+    def poll(self, max_items: int, crash: bool) -> None:
+        """One poll; a crash loses its cursor (the items may have gone out, the commit did not)."""
+        self.poll_once(max_items, crash=crash)
+
+    @rule()
+    def drain(self) -> None:
+        """Poll until nothing is left, then check the properties."""
+        before = self.before_drain()
+        drain(lambda: self.poll_once(self.drain_max_items), self.drain_limit)
+        self.check_drained(before)

@@ -33,13 +33,13 @@ import asyncpg
 import pytest
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import initialize, precondition, rule, run_state_machine_as_test
 
 from airflow_trigger_kit.sources.base import Batch
 from airflow_trigger_kit.sources.postgres import PostgresSource, PostgresWatchConfig
 from tests.conftest import PgDatabase
 from tests.integration.test_postgres_support import persisted
-from tests.model_support import DeliveryLog, model_settings
+from tests.model_support import CursorModel, model_settings
 
 pytestmark = pytest.mark.integration
 
@@ -72,9 +72,11 @@ class Writer:
         return self.tx is not None
 
 
-class PostgresCursorModel(RuleBasedStateMachine):
+class PostgresCursorModel(CursorModel):
     """One watch over one table; see the module docstring for the properties."""
 
+    drain_max_items = 500
+    drain_limit = 10_000
     dsn: ClassVar[str]
     mode: ClassVar[str]
     """``lookback`` (default 300 s), ``short_lookback`` (5 s: windows expire), ``xid`` (xid_column)."""
@@ -97,7 +99,6 @@ class PostgresCursorModel(RuleBasedStateMachine):
         self.exempt: set[Change] = set()
         """Versions committed ``lookback`` or more after their value was taken (may be skipped)."""
         self.at_baseline: set[Change] = set()
-        self.log = DeliveryLog()
         self.polls = 0
         self.lookback_ms = {"lookback": 300_000, "short_lookback": 5_000, "xid": None}[self.mode]
         self.run(self._create_table())
@@ -295,11 +296,6 @@ class PostgresCursorModel(RuleBasedStateMachine):
             self.cursor = persisted(batch.cursor)
         return batch
 
-    @rule(max_items=st.sampled_from([1, 2, 7, 500]), crash=st.booleans())
-    def poll(self, max_items: int, crash: bool) -> None:
-        """One poll; a crash loses its cursor (the items may have gone out, the commit did not)."""
-        self.poll_once(max_items, crash=crash)
-
     @rule()
     def restart(self) -> None:
         """The triggerer dies and another one resumes the watch from the committed cursor."""
@@ -314,16 +310,13 @@ class PostgresCursorModel(RuleBasedStateMachine):
         self.cursor = persisted(self.run(self.source.baseline()))
         self.at_baseline |= {(v.id, v.v) for v in self.current.values()}
 
-    @rule()
-    def drain(self) -> None:
-        """Poll until nothing is left, then check that every committed version was delivered."""
-        xmin = self.run(self.admin.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
-        for _ in range(10_000):
-            batch = self.poll_once(500)
-            if not batch.items and not batch.more:
-                break
-        else:
-            raise AssertionError("the watch never drained")
+    def before_drain(self) -> int:
+        """The snapshot's xmin now: versions below it must be reported by the end of the drain."""
+        xmin: int = self.run(self.admin.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+        return xmin
+
+    def check_drained(self, xmin: int) -> None:
+        """Every committed, current version was delivered (within the strategy's limits)."""
         required = [
             (v.id, v.v)
             for v in self.current.values()

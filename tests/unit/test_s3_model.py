@@ -28,11 +28,11 @@ from typing import Any, ClassVar
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
 from airflow_trigger_kit.sources.base import Batch
 from airflow_trigger_kit.sources.s3 import PrefixListing, S3Object, S3WatchConfig, detect, empty_cursor
-from tests.model_support import DeliveryLog, model_settings
+from tests.model_support import CursorModel, model_settings
 
 pytestmark = pytest.mark.unit
 
@@ -54,7 +54,7 @@ class Obj:
     last_modified: int
 
 
-class S3CursorModel(RuleBasedStateMachine):
+class S3CursorModel(CursorModel):
     key_order: ClassVar[str]
     event_kinds: ClassVar[str | list[str]]
 
@@ -74,7 +74,6 @@ class S3CursorModel(RuleBasedStateMachine):
         self.sequence = 0
         self.bucket: dict[str, Obj] = {}
         self.cursor: Any = empty_cursor(self.config)
-        self.log = DeliveryLog()
         self.at_baseline: set[tuple[str, str]] = set()
         self.view: dict[str, str] = {}
         """Snapshot layout: the consumer's view from committed deliveries, key -> ETag."""
@@ -183,18 +182,7 @@ class S3CursorModel(RuleBasedStateMachine):
             self.cursor = json.loads(json.dumps(batch.cursor))
         return batch
 
-    @rule(max_items=st.sampled_from([1, 2, 5, 500]), crash=st.booleans())
-    def poll(self, max_items: int, crash: bool) -> None:
-        self.poll_once(max_items, crash=crash)
-
-    @rule()
-    def drain(self) -> None:
-        for _ in range(1000):
-            batch = self.poll_once(3)
-            if not batch.items and not batch.more:
-                break
-        else:
-            raise AssertionError("the watch never drained")
+    def check_drained(self, before: object) -> None:
         present = {key: obj.etag for key, obj in self.bucket.items() if self.counted(key, obj)}
         if self.layout == "snapshot":
             assert self.view == present, f"consumer view {self.view} differs from the bucket {present}"
