@@ -302,8 +302,11 @@ def celery_broker(url: str | None = None, log_path: str | None = None) -> Iterat
             client = redis.Redis.from_url(f"{base}/{db}")
             try:
                 sizes[db] = int(client.dbsize())
+            except redis.ResponseError:  # a server configured with fewer databases
+                break
             finally:
                 client.close()
+        sizes = sizes or {0: 0}
         db = min(sizes, key=lambda n: (sizes[n], secrets.randbelow(1000)))
         broker = CeleryBroker(url=f"{base}/{db}", key_prefix=f"trigger-kit-{run}:", queue=f"trigger_kit_{run}")
         try:
