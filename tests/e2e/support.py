@@ -13,7 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools.deliveries import ASSET_STATE_NAMESPACE, DeliveryCounts, count_deliveries, deliveries, wait_delivered
+from devtools.deliveries import (
+    ASSET_STATE_NAMESPACE,
+    Delivery,
+    DeliveryCounts,
+    count_deliveries,
+    deliveries,
+    wait_delivered,
+)
 from devtools.feeders import Feeder, watermark_not_behind
 from tests.e2e.conftest import E2E
 
@@ -132,31 +139,39 @@ def fed_identities(feeder: Feeder, prefix: str) -> set[str]:
 def check_deliveries(e2e: E2E, scenario: str, prefix: str) -> dict[str, DeliveryCounts]:
     """Wait for every fed item of every source, then count, report and return the verdicts.
 
-    One uncounted *tail* item per source lands first. Airflow 3.3.2 can leave the last asset event
-    of a burst without a DAG run until the asset's next event (a race between the triggerer queueing
-    a run and the scheduler consuming the queue, apache/airflow#54659 and #62501; seen with SQLite
-    metadata). In production data keeps landing; here the tail is that next event, so "delivered to
-    a DAG run" is checked for every counted item without waiting on an event that never comes.
+    Airflow 3.3.2 can leave the last asset event of a burst without a DAG run until the asset's next
+    event (a race between the triggerer queueing a run and the scheduler consuming the queue,
+    apache/airflow#54659 and #62501). In production data keeps landing; here one uncounted *tail*
+    item per source is that next event. It lands only once every counted item is in an asset event,
+    so it is in a later event than all of them (a watcher polling every 30 s would otherwise put the
+    last counted items and the tail into one event, and that event could be the one left without a
+    run). Then "delivered to a DAG run" is checked for every counted item.
     """
-    for source, feeder in e2e.feeders.items():
-        feeder.add_asset_item(f"{prefix}-tail-{source}")
+    api = e2e.stack.api
+    fed = {source: fed_identities(feeder, prefix) for source, feeder in e2e.feeders.items()}
+    found: dict[str, list[Delivery]] = {}
+    for require_runs in (False, True):
+        for source, feeder in e2e.feeders.items():
+            try:
+                found[source] = wait_delivered(
+                    api,
+                    feeder,
+                    e2e.asset_ids[source],
+                    fed[source],
+                    timeout=DETECT_TIMEOUT,
+                    check=e2e.stack.check_alive,
+                    diagnose=e2e.stack.trigger_errors,
+                    require_runs=require_runs,
+                )
+            except TimeoutError as exc:
+                e2e.report(f"{scenario} {source}: {exc}")
+                found[source] = deliveries(api, feeder, e2e.asset_ids[source])
+        if not require_runs:
+            for source, feeder in e2e.feeders.items():
+                feeder.add_asset_item(f"{prefix}-tail-{source}")
     verdicts: dict[str, DeliveryCounts] = {}
-    for source, feeder in e2e.feeders.items():
-        fed = fed_identities(feeder, prefix)
-        try:
-            found = wait_delivered(
-                e2e.stack.api,
-                feeder,
-                e2e.asset_ids[source],
-                fed,
-                timeout=DETECT_TIMEOUT,
-                check=e2e.stack.check_alive,
-                diagnose=e2e.stack.trigger_errors,
-            )
-        except TimeoutError as exc:
-            e2e.report(f"{scenario} {source}: {exc}")
-            found = deliveries(e2e.stack.api, feeder, e2e.asset_ids[source])
-        verdicts[source] = counts = count_deliveries(source, fed, found)
+    for source in e2e.feeders:
+        verdicts[source] = counts = count_deliveries(source, fed[source], found[source])
         e2e.report(counts.line(scenario))
     return verdicts
 
