@@ -128,14 +128,29 @@ def test_state_conn_id_naming_no_connection_is_an_unavailable_store(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__TRIGGER_KIT__"))}
     env["AIRFLOW_HOME"] = str(tmp_path / "home")
     env["AIRFLOW__TRIGGER_KIT__STATE_CONN_ID"] = "no_such_state_conn"
-    for args in (["state", "get", "n", "w", "k"], ["state", "list"], ["state", "set", "n", "w", "k", "1"]):
-        result = run(env, *args)
-        assert result.returncode == 3, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
-        assert lines[0].startswith("trigger-kit: ProcessState store unavailable: [trigger_kit] state_conn_id=")
-        assert "'no_such_state_conn' names no Airflow connection" in lines[0]
-        assert "Traceback" not in result.stderr
+    result = run(env, "state", "get", "n", "w", "k")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+    assert lines[0].startswith("trigger-kit: ProcessState store unavailable: [trigger_kit] state_conn_id=")
+    assert "'no_such_state_conn' names no Airflow connection" in lines[0]
+
+
+def test_state_conn_id_naming_no_connection_fails_every_command_with_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow_trigger_kit._sync import run_sync
+    from airflow_trigger_kit.cli import main
+    from airflow_trigger_kit.state.factory import aclose_backends
+
+    monkeypatch.setenv("AIRFLOW__TRIGGER_KIT__STATE_CONN_ID", "no_such_state_conn")
+    try:
+        for argv in (["state", "list"], ["state", "set", "n", "w", "k", "1"], ["state", "reset", "n", "w"]):
+            assert main(argv) == 3
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "state_conn_id='no_such_state_conn' names no Airflow connection" in err[0]
+    finally:
+        run_sync(aclose_backends())
 
 
 async def test_state_conn_id_naming_no_connection_raises_state_store_unavailable(
