@@ -3,11 +3,14 @@
 Why not ``airflow standalone``: it leaves its children running when it is killed, and a test must be
 able to SIGKILL and restart one component (the triggerer) while the others keep running. So each
 component (``api-server``, ``scheduler``, ``dag-processor``, ``triggerer``, optionally a second
-triggerer) is started on its own, in its own process group, with one shared environment:
+triggerer and Celery workers) is started on its own, in its own process group, with one shared environment:
 
 * a temporary ``AIRFLOW_HOME`` (all components read the same ``airflow.cfg``; the API and JWT
   secrets are set explicitly, so tokens minted by one component are accepted by the others),
-* LocalExecutor with a small parallelism (the default forks 32 workers: too many for 2 cores),
+* LocalExecutor with a small parallelism (the default forks 32 workers: too many for 2 cores), or
+  the CeleryExecutor (``StackConfig.celery``) with workers started as components
+  (``celery-worker-1``, ...: each its own Celery node name and pid file, no log server), a Redis
+  broker of the run's own (database number, key prefix, queue) and results in the metadata database,
 * the metadata database in SQLite (default) or any SQLAlchemy URI (PostgreSQL in the tests when a
   driver is installed),
 * the repository's ``dags/`` as the DAG folder, short parse and heartbeat intervals, and a short
@@ -49,7 +52,7 @@ from typing import Any
 
 import httpx
 
-from devtools.services import free_port, stop_process_group, wait_for
+from devtools.services import CeleryBroker, free_port, stop_process_group, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = REPO_ROOT / "dags"
@@ -59,10 +62,17 @@ COMPONENTS: dict[str, list[str]] = {
     "scheduler": ["scheduler"],
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer"],
+    "celery-worker": ["celery", "worker"],
 }
 """Airflow sub-commands by component kind; a component *name* (``triggerer-2``) maps to its kind."""
 
-STOP_GRACE_SECONDS = {"scheduler": 10.0, "triggerer": 10.0, "api-server": 5.0, "dag-processor": 5.0}
+STOP_GRACE_SECONDS = {
+    "scheduler": 10.0,
+    "triggerer": 10.0,
+    "api-server": 5.0,
+    "dag-processor": 5.0,
+    "celery-worker": 10.0,
+}
 TERMINAL_RUN_STATES = {"success", "failed"}
 
 
@@ -96,8 +106,10 @@ class StackConfig:
     :param env: further variables for every component (example DAG settings, ``[trigger_kit]``).
     :param all_admins: every request is an admin without a token (tests); False requires a login.
     :param admin_password: with ``all_admins=False``: the password of user ``admin`` (random if None).
-    :param parallelism: LocalExecutor workers.
+    :param parallelism: LocalExecutor workers (with Celery: the scheduler's limit of running tasks).
     :param fast: short parse, heartbeat and health intervals, for tests and the demo.
+    :param celery: run the CeleryExecutor with this broker instead of the LocalExecutor; start
+        workers as components named ``celery-worker-1``, ``celery-worker-2``, ...
     """
 
     home: Path | None = None
@@ -110,6 +122,7 @@ class StackConfig:
     admin_password: str | None = None
     parallelism: int = 4
     fast: bool = True
+    celery: CeleryBroker | None = None
 
 
 @dataclass
@@ -188,12 +201,14 @@ class AirflowStack:
         # conftest points AIRFLOW_HOME elsewhere): the stack is configured here and only here.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TRIGGER_KIT_"))}
         db_uri = cfg.metadata_db_uri or f"sqlite:///{self.home / 'airflow.db'}"
+        if cfg.celery is not None and db_uri.startswith("sqlite"):
+            raise StackError("the CeleryExecutor needs a metadata database other than SQLite (metadata_db_uri)")
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(cfg.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor" if cfg.celery is None else "CeleryExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_uri,
@@ -231,6 +246,22 @@ class AirflowStack:
                     "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
                 }
             )
+        if cfg.celery is not None:
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": cfg.celery.url,
+                    # Task results and states in the metadata database (PostgreSQL), not in Redis.
+                    "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db_uri,
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cfg.celery.concurrency),
+                    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": cfg.celery.queue,
+                    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": cfg.celery.key_prefix,
+                    # A SIGKILLed worker's unacknowledged tasks go back to the queue after this long.
+                    "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "120",
+                }
+            )
+            if cfg.fast:
+                # Tasks of a SIGKILLed worker stop heartbeating: fail them in seconds, not minutes.
+                env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = "30"
         for conn_id, uri in cfg.connections.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = uri
         env.update(cfg.env)
@@ -278,6 +309,20 @@ class AirflowStack:
         argv = [airflow_executable(), *COMPONENTS[kind_of(name)]]
         if kind_of(name) == "api-server":
             argv += ["--port", str(self.port)]
+        if kind_of(name) == "celery-worker":
+            if self.config.celery is None:
+                raise StackError(f"{name}: this stack runs the LocalExecutor (StackConfig.celery is None)")
+            # Several workers on one machine: each its own Celery node name and pid file, and no log
+            # server (they would all want port 8793); task logs are read from the shared log folder.
+            argv += [
+                "--celery-hostname",
+                f"{name}-{self.config.celery.queue}@%h",
+                "--pid",
+                str(self.home / f"{name}.pid"),
+                "--skip-serve-logs",
+                "--without-mingle",
+                "--without-gossip",
+            ]
         log_path = self.component_logs / f"{name}.log"
         with open(log_path, "ab") as out:
             out.write(f"\n===== {time.strftime('%H:%M:%S')} starting {' '.join(argv[1:])} =====\n".encode())

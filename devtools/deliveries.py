@@ -65,11 +65,13 @@ def wait_delivered(
     timeout: float,
     check: Callable[[], object] | None = None,
     diagnose: Callable[[], str] | None = None,
+    require_runs: bool = True,
 ) -> list[Delivery]:
     """Wait until every identity in ``expected`` was delivered to a DAG run; return all deliveries.
 
     ``check`` (optional) is called on every round, so a dead Airflow component fails the wait at once;
     ``diagnose`` (optional) adds context to a timeout (for example the triggerers' last errors).
+    ``require_runs=False`` waits only until each identity is in an asset event.
     """
     wanted = set(expected)
 
@@ -77,12 +79,13 @@ def wait_delivered(
         if check is not None:
             check()
         found = deliveries(api, feeder, asset_id)
-        delivered = {d.identity for d in found if d.run_ids}
+        delivered = {d.identity for d in found if d.run_ids or not require_runs}
         return found if wanted <= delivered else None
 
+    target = "DAG runs" if require_runs else "asset events"
     try:
         return wait_for(
-            complete, timeout, interval=1.0, what=f"{len(wanted)} {feeder.source} item(s) to reach DAG runs"
+            complete, timeout, interval=1.0, what=f"{len(wanted)} {feeder.source} item(s) to reach {target}"
         )
     except TimeoutError as exc:
         found = deliveries(api, feeder, asset_id)

@@ -100,6 +100,12 @@ class PgServer:
     port: int
     user: str
     password: str | None = None
+    datadir: str | None = None
+    """Set for a cluster this process started (:func:`throwaway_postgres`): it can be restarted."""
+    bindir: str | None = None
+    run_as: tuple[str, ...] = ()
+    options: str = ""
+    """The server options it was started with (``pg_ctl start -o``; ``restart`` reuses them itself)."""
 
     def dsn(self, database: str = "postgres") -> str:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
@@ -108,6 +114,21 @@ class PgServer:
     def airflow_conn_uri(self, database: str) -> str:
         """The same server as an Airflow connection URI (``AIRFLOW_CONN_*``), database in the path."""
         return self.dsn(database)
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run ``pg_ctl`` on this cluster (``stop -m fast``, ``start``, ``restart``), waiting for it.
+
+        A real server stop or restart, for fault tests: every client connection is cut, and the
+        server refuses new ones until it is back.
+        """
+        if self.datadir is None or self.bindir is None:
+            raise RuntimeError(f"{self.dsn()} was not started by this process; it cannot be restarted from here")
+        command = [*self.run_as, f"{self.bindir}/pg_ctl", "-D", self.datadir, *args]
+        if args and args[0] in ("start", "restart"):
+            command += ["-l", os.path.join(self.datadir, "server.log")]
+        if args and args[0] == "start":
+            command += ["-o", self.options]
+        subprocess.run([*command, "-w"], check=True, stdout=subprocess.DEVNULL, timeout=120)
 
 
 @contextlib.contextmanager
@@ -148,7 +169,15 @@ def throwaway_postgres(max_connections: int = 300) -> Iterator[PgServer]:
             stdout=subprocess.DEVNULL,
         )
         started = True
-        yield PgServer(host="127.0.0.1", port=port, user="postgres")
+        yield PgServer(
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            datadir=datadir,
+            bindir=bindir,
+            run_as=tuple(run_as),
+            options=options,
+        )
     finally:
         if started:
             subprocess.run(
@@ -200,6 +229,100 @@ def drop_database(server: PgServer, name: str) -> None:
         pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# -- Redis (the CeleryExecutor's broker) --------------------------------------------------------------
+REDIS_INSTALL_HINT = (
+    "no Redis server answers at {url} and redis-server is not installed: install it (`apt-get install "
+    "redis-server` on Debian/Ubuntu) or point TRIGGER_KIT_REDIS_URL at a server (redis://host:port)"
+)
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@dataclass(frozen=True)
+class CeleryBroker:
+    """Where the CeleryExecutor's queue lives, kept apart from any other run on the same Redis.
+
+    :param url: the broker URL, with a database number of this run (``redis://127.0.0.1:6379/7``).
+    :param key_prefix: prefix of every Redis key of this run (kombu's ``global_keyprefix``).
+    :param queue: the Celery queue tasks go to (``[operators] default_queue``), also unique per run.
+    :param concurrency: task processes per worker.
+    """
+
+    url: str
+    key_prefix: str
+    queue: str
+    concurrency: int = 2
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether a Redis server answers PING at ``url`` (``redis://host:port``)."""
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server_process(log_path: str | None = None) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free loopback port, no persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(REDIS_INSTALL_HINT.format(url="(none started)"))
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with server_process(argv, url, lambda: redis_answers(url, timeout=0.5), name="redis-server", log_path=log_path):
+        yield url
+
+
+@contextlib.contextmanager
+def celery_broker(url: str | None = None, log_path: str | None = None) -> Iterator[CeleryBroker]:
+    """A Celery broker on Redis for one run: its own database number, key prefix and queue name.
+
+    Uses the server at ``url`` (default ``$TRIGGER_KIT_REDIS_URL``, else 127.0.0.1:6379, which this
+    machine kind runs); where none answers, starts a throwaway ``redis-server`` (or fails with the
+    install hint). Concurrent runs on one Redis do not see each other's tasks, and this run's keys
+    are deleted at the end.
+    """
+    import secrets
+
+    import redis
+
+    base = (url or os.environ.get("TRIGGER_KIT_REDIS_URL") or DEFAULT_REDIS_URL).rstrip("/")
+    with contextlib.ExitStack() as stack:
+        if not redis_answers(base):
+            if shutil.which("redis-server") is None:
+                raise RuntimeError(REDIS_INSTALL_HINT.format(url=base))
+            base = stack.enter_context(redis_server_process(log_path))
+        run = secrets.token_hex(4)
+        # The emptiest of databases 1-15 (0 is everyone's default); the prefix and the queue keep this
+        # run apart even if another run picked the same database.
+        sizes = {}
+        for db in range(1, 16):
+            client = redis.Redis.from_url(f"{base}/{db}")
+            try:
+                sizes[db] = int(client.dbsize())
+            except redis.ResponseError:  # a server configured with fewer databases
+                break
+            finally:
+                client.close()
+        sizes = sizes or {0: 0}
+        db = min(sizes, key=lambda n: (sizes[n], secrets.randbelow(1000)))
+        broker = CeleryBroker(url=f"{base}/{db}", key_prefix=f"trigger-kit-{run}:", queue=f"trigger_kit_{run}")
+        try:
+            yield broker
+        finally:
+            client = redis.Redis.from_url(broker.url)
+            try:
+                keys = list(client.scan_iter(match=f"{broker.key_prefix}*", count=1000))
+                for start in range(0, len(keys), 500):
+                    client.delete(*keys[start : start + 500])
+            finally:
+                client.close()
+
+
 # -- S3 (moto) -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def moto_s3_server() -> Iterator[str]:
@@ -223,26 +346,44 @@ def moto_s3_server_process(log_path: str | None = None) -> Iterator[str]:
     polls the REST API at the same time, and a server sharing its GIL would skew detection times.
     """
     port = free_port()
-    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with server_process(argv, url, answers, name="moto server", log_path=log_path, timeout=60):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: list[str],
+    url: str,
+    answers: Callable[[], bool],
+    *,
+    name: str,
+    log_path: str | None = None,
+    timeout: float = 30,
+) -> Iterator[str]:
+    """Run a server subprocess in its own process group until it ``answers``; stop the group after.
+
+    Its output goes to ``log_path``; a server that exits before answering fails at once, naming it.
+    """
+    log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
 
         def up() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {proc.returncode} (log: {log_path})")
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
-                    return True
-            except (urllib.error.URLError, OSError):
-                return False
+                raise RuntimeError(f"{name} exited with {proc.returncode} (log: {log_path})")
+            return answers()
 
-        wait_for(up, timeout=60, what="moto's S3 server to answer")
+        wait_for(up, timeout=timeout, what=f"{name} to answer")
         yield url
     finally:
         stop_process_group(proc, timeout=5)

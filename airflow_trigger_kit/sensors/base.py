@@ -32,6 +32,7 @@ from airflow_trigger_kit.retry import is_transient
 from airflow_trigger_kit.settings import StartFrom, WatchSettings
 from airflow_trigger_kit.sources.base import JSON, Batch, Source
 from airflow_trigger_kit.state import ProcessState, StateConflict
+from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 
 Commit = Literal["auto", "manual"]
@@ -83,7 +84,19 @@ class IncrementalSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
-        # Validate the common settings now, at DAG parse time.
+        # Validate the common settings now, at DAG parse time, naming the sensor's own parameters:
+        # the trigger calls poke_interval "poll_interval" and the state identity "namespace"/"name".
+        if self.poke_interval <= 0:
+            raise ValueError(
+                f"poke_interval must be a number of seconds > 0 (it is also the trigger's polling interval), "
+                f"got {kwargs.get('poke_interval', self.poke_interval)!r}"
+            )
+        for param, value in (("state_namespace", state_namespace), ("state_name", state_name)):
+            if value is not None and "{{" not in str(value):
+                try:
+                    validate_id(param, value)
+                except InvalidStateInput as exc:
+                    raise ValueError(str(exc)) from None
         self._settings("parse-check", "parse-check", None, 0)
 
     @abstractmethod

@@ -97,6 +97,7 @@ from airflow_trigger_kit.sources.base import (
     stable_id,
     take_in_order,
 )
+from airflow_trigger_kit.sources.globs import check_globs
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class S3WatchConfig:
                         "and would report objects twice; keep only one of them"
                     )
         globs = _string_list("glob", glob)
+        check_globs("glob", globs)
         if globs and regex is not None:
             raise ValueError(f"give glob or regex, not both (got glob={globs!r}, regex={regex!r})")
         if regex is not None:

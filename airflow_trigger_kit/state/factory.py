@@ -39,8 +39,27 @@ def _build(settings: StateSettings) -> StateBackend:
         conn_id = settings.conn_id
 
         async def connect_kwargs() -> dict[str, Any]:
-            conn = await aget_connection(conn_id)
-            return postgres_connect_kwargs(conn, application_name="airflow-trigger-kit-state")
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            from airflow_trigger_kit.state.model import StateStoreUnavailable
+
+            # A missing or malformed connection is an unavailable store like any other (the caller
+            # retries or fails loudly), never a reason to fall back to another store or to no state.
+            try:
+                conn = await aget_connection(conn_id)
+            except AirflowNotFoundException:
+                raise StateStoreUnavailable(
+                    f"ProcessState store unavailable: [trigger_kit] state_conn_id={conn_id!r} names no Airflow "
+                    f"connection; define it (AIRFLOW_CONN_{conn_id.upper()}, a secrets backend or `airflow "
+                    "connections add`), or leave state_conn_id empty for the SQLite store"
+                ) from None
+            try:
+                return postgres_connect_kwargs(conn, application_name="airflow-trigger-kit-state")
+            except (TypeError, ValueError) as exc:
+                raise StateStoreUnavailable(
+                    f"ProcessState store unavailable: the connection of [trigger_kit] state_conn_id={conn_id!r} "
+                    f"is malformed: {type(exc).__name__}: {exc}"
+                ) from exc
 
         return PostgresBackend(connect_kwargs, table=settings.table, label=f"postgres conn_id={conn_id!r}")
 

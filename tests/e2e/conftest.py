@@ -1,11 +1,15 @@
-"""One live Airflow stack for all end-to-end scenarios, its services, and the report of what they saw.
+"""Live Airflow stacks for the end-to-end scenarios, their services, and the report of what they saw.
 
-The stack (api-server, scheduler, dag-processor, triggerer with LocalExecutor) is started once per
-session and shared by the scenarios, which run in file order on it. Alongside it run moto's S3
-server (a subprocess) and the session's PostgreSQL, which holds ProcessState (shared by every
-component through ``[trigger_kit] state_conn_id``) and the Postgres source's table.
+:func:`e2e_environment` starts one stack with a feeder per source, its watchers active and
+baselined. Each scenario module gets one stack (module-scoped fixtures, so two stacks never run at
+once on the 2-core machine), shared by its scenarios, which run in file order on it:
+``test_scenarios.py`` the LocalExecutor stack (api-server, scheduler, dag-processor, triggerer;
+fixture ``e2e``), ``test_celery.py`` the CeleryExecutor stack (fixture there). Alongside run moto's
+S3 server (a subprocess) and the session's PostgreSQL, which holds ProcessState (shared by every
+component through ``[trigger_kit] state_conn_id``), the Postgres source's table and, when psycopg2 is
+installed, the metadata database.
 
-Whatever happens, the stack is stopped when the session ends (plus ``atexit`` in
+Whatever happens, a stack is stopped when its module ends (plus ``atexit`` in
 ``devtools.airflow_stack``). When a scenario fails, all Airflow logs are copied to
 ``$TRIGGER_KIT_E2E_LOGS`` (default ``/tmp/trigger-kit-e2e-logs``) and the path is printed with the
 failure. The crash and HA counts are printed in a terminal-summary section (visible without
@@ -29,7 +33,7 @@ import pytest
 from devtools.airflow_stack import AirflowStack, StackConfig
 from devtools.deliveries import activate_watchers
 from devtools.feeders import DirectoryFeeder, Feeder, PostgresFeeder, S3Feeder
-from devtools.services import PgServer, create_database, drop_database, moto_s3_server_process
+from devtools.services import CeleryBroker, PgServer, create_database, drop_database, moto_s3_server_process
 from devtools.state_reader import StateReader
 
 SOURCES = ("directory", "s3", "postgres")
@@ -52,6 +56,8 @@ class E2E:
     state: StateReader
     asset_ids: dict[str, int]
     report_lines: list[str] = field(default_factory=list)
+    metadata_dsn: str | None = None
+    """The metadata database (PostgreSQL) for reading facts the REST API does not show."""
 
     def feeder(self, source: str) -> Feeder:
         """The feeder of ``source``; skips the calling test when that source's DAGs do not exist."""
@@ -67,77 +73,105 @@ class E2E:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
 
 
-def _metadata_db(pg_server: PgServer) -> tuple[str | None, str | None]:
+def _metadata_db(pg_server: PgServer, name: str, *, required: bool = False) -> tuple[str | None, str | None]:
     """PostgreSQL for the metadata database when a driver is installed; else SQLite (None).
 
-    ``TRIGGER_KIT_E2E_METADATA=sqlite`` forces SQLite (the demo's default) even with the driver.
+    ``TRIGGER_KIT_E2E_METADATA=sqlite`` forces SQLite (the demo's default) even with the driver,
+    unless PostgreSQL is ``required`` (the CeleryExecutor cannot run on SQLite).
     """
-    if os.environ.get("TRIGGER_KIT_E2E_METADATA", "").lower() == "sqlite":
+    if not required and os.environ.get("TRIGGER_KIT_E2E_METADATA", "").lower() == "sqlite":
         return None, None
     if importlib.util.find_spec("psycopg2") is None:
+        if required:
+            pytest.fail("psycopg2 is needed for a PostgreSQL metadata database: `make install`", pytrace=False)
         return None, None
-    name = "tk_e2e_airflow"
     create_database(pg_server, name)
     return f"postgresql+psycopg2://{pg_server.user}@{pg_server.host}:{pg_server.port}/{name}", name
 
 
-@pytest.fixture(scope="session")
-def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+@contextlib.contextmanager
+def e2e_environment(
+    request: pytest.FixtureRequest,
+    pg_server: PgServer,
+    work: Path,
+    *,
+    label: str,
+    celery: CeleryBroker | None = None,
+    components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer"),
+) -> Iterator[E2E]:
+    """A live stack with every available source's feeder, watchers active and baselined.
+
+    ``label`` names its databases (``tk_<label>_state``, ...) and its report lines. With ``celery``
+    the stack runs the CeleryExecutor on that broker, and the metadata database must be PostgreSQL.
+    """
     # A CI timeout sends SIGTERM, which by default ends Python without finalizers or atexit: turn
     # it into KeyboardInterrupt so pytest unwinds and this fixture stops every Airflow process.
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
-    work = tmp_path_factory.mktemp("e2e")
-    databases = ["tk_e2e_state", "tk_e2e_source"]
-    state_dsn = create_database(pg_server, "tk_e2e_state")
-    source_dsn = create_database(pg_server, "tk_e2e_source")
-    metadata_uri, metadata_db = _metadata_db(pg_server)
-    if metadata_db:
-        databases.append(metadata_db)
-    with contextlib.ExitStack() as cleanup:
-        for name in databases:
-            cleanup.callback(drop_database, pg_server, name)
-        missing = {
-            cls.source: reason for cls in (DirectoryFeeder, S3Feeder, PostgresFeeder) if (reason := cls.missing())
-        }
-        feeders: dict[str, Feeder] = {}
-        if "directory" not in missing:
-            feeders["directory"] = DirectoryFeeder(work / "files")
-        if "s3" not in missing:
-            endpoint = cleanup.enter_context(moto_s3_server_process(str(work / "moto.log")))
-            feeders["s3"] = S3Feeder(endpoint)
-        if "postgres" not in missing:
-            feeders["postgres"] = PostgresFeeder(source_dsn)
-        for feeder in feeders.values():
-            cleanup.callback(feeder.close)
-            feeder.setup()
+    try:
+        databases = [f"tk_{label}_state", f"tk_{label}_source"]
+        state_dsn = create_database(pg_server, databases[0])
+        source_dsn = create_database(pg_server, databases[1])
+        metadata_uri, metadata_db = _metadata_db(pg_server, f"tk_{label}_airflow", required=celery is not None)
+        if metadata_db:
+            databases.append(metadata_db)
+        with contextlib.ExitStack() as cleanup:
+            for name in databases:
+                cleanup.callback(drop_database, pg_server, name)
+            missing = {
+                cls.source: reason for cls in (DirectoryFeeder, S3Feeder, PostgresFeeder) if (reason := cls.missing())
+            }
+            feeders: dict[str, Feeder] = {}
+            if "directory" not in missing:
+                feeders["directory"] = DirectoryFeeder(work / "files")
+            if "s3" not in missing:
+                endpoint = cleanup.enter_context(moto_s3_server_process(str(work / "moto.log")))
+                feeders["s3"] = S3Feeder(endpoint)
+            if "postgres" not in missing:
+                feeders["postgres"] = PostgresFeeder(source_dsn)
+            for feeder in feeders.values():
+                cleanup.callback(feeder.close)
+                feeder.setup()
 
-        config = StackConfig(
-            metadata_db_uri=metadata_uri,
-            connections={STATE_CONN_ID: state_dsn},
-            env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID},
-        )
-        for feeder in feeders.values():
-            config.connections.update(feeder.connections())
-            config.env.update(feeder.stack_env())
-        stack = AirflowStack(config)
-        cleanup.callback(stack.stop)
-        request.config.stash[stack_key] = stack
-        state = StateReader(dsn=state_dsn)
-        started = time.monotonic()
-        try:
-            stack.start()
-            asset_ids = activate_watchers(stack.api, list(feeders.values()), state)
-        except BaseException:
-            _keep_logs(request.config, stack, "stack-startup")
-            raise
-        env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key])
-        env.report(f"STACK up in {time.monotonic() - started:.0f}s: sources {', '.join(feeders)}")
-        for source, reason in missing.items():
-            env.report(f"SKIPPED {source}: {reason}")
+            config = StackConfig(
+                metadata_db_uri=metadata_uri,
+                connections={STATE_CONN_ID: state_dsn},
+                env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID},
+                celery=celery,
+            )
+            for feeder in feeders.values():
+                config.connections.update(feeder.connections())
+                config.env.update(feeder.stack_env())
+            stack = AirflowStack(config)
+            cleanup.callback(stack.stop)
+            request.config.stash[stack_key] = stack
+            state = StateReader(dsn=state_dsn)
+            started = time.monotonic()
+            try:
+                stack.start(components=components)
+                asset_ids = activate_watchers(stack.api, list(feeders.values()), state)
+            except BaseException:
+                _keep_logs(request.config, stack, f"{label}-startup")
+                raise
+            env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key])
+            env.metadata_dsn = pg_server.dsn(metadata_db) if metadata_db else None
+            env.report(
+                f"STACK {label} up in {time.monotonic() - started:.0f}s: {', '.join(components)}; "
+                f"sources {', '.join(feeders)}"
+            )
+            for source, reason in missing.items():
+                env.report(f"SKIPPED {source}: {reason}")
+            yield env
+        if stack.leftovers:
+            pytest.fail(f"processes of {', '.join(stack.leftovers)} survived the stack's stop", pytrace=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="module")
+def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    """The LocalExecutor stack of ``test_scenarios.py`` (module scope: stopped before the next stack starts)."""
+    with e2e_environment(request, pg_server, tmp_path_factory.mktemp("e2e"), label="e2e") as env:
         yield env
-    if stack.leftovers:
-        pytest.fail(f"processes of {', '.join(stack.leftovers)} survived the stack's stop", pytrace=False)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

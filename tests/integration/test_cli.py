@@ -121,3 +121,49 @@ def test_unavailable_store_exits_3(tmp_path: Path) -> None:
     result = run(env, "state", "get", "n", "w", "k")
     assert result.returncode == 3, result.stderr
     assert "unavailable" in result.stderr and "conn_id='down'" in result.stderr
+
+
+def test_state_conn_id_naming_no_connection_is_an_unavailable_store(tmp_path: Path) -> None:
+    """The docs promise StateStoreUnavailable: one line naming the option and the value, exit 3."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__TRIGGER_KIT__"))}
+    env["AIRFLOW_HOME"] = str(tmp_path / "home")
+    env["AIRFLOW__TRIGGER_KIT__STATE_CONN_ID"] = "no_such_state_conn"
+    result = run(env, "state", "get", "n", "w", "k")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+    assert lines[0].startswith("trigger-kit: ProcessState store unavailable: [trigger_kit] state_conn_id=")
+    assert "'no_such_state_conn' names no Airflow connection" in lines[0]
+
+
+def test_state_conn_id_naming_no_connection_fails_every_command_with_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow_trigger_kit._sync import run_sync
+    from airflow_trigger_kit.cli import main
+    from airflow_trigger_kit.state.factory import aclose_backends
+
+    monkeypatch.setenv("AIRFLOW__TRIGGER_KIT__STATE_CONN_ID", "no_such_state_conn")
+    try:
+        for argv in (["state", "list"], ["state", "set", "n", "w", "k", "1"], ["state", "reset", "n", "w"]):
+            assert main(argv) == 3
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "state_conn_id='no_such_state_conn' names no Airflow connection" in err[0]
+    finally:
+        run_sync(aclose_backends())
+
+
+async def test_state_conn_id_naming_no_connection_raises_state_store_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_trigger_kit.state import ProcessState, StateStoreUnavailable
+    from airflow_trigger_kit.state.factory import aclose_backends
+
+    monkeypatch.setenv("AIRFLOW__TRIGGER_KIT__STATE_CONN_ID", "no_such_state_conn")
+    state = ProcessState("n", "w")
+    try:
+        for attempt in (state.aget("k"), state.aset("k", 1)):
+            with pytest.raises(StateStoreUnavailable, match="state_conn_id='no_such_state_conn' names no Airflow"):
+                await attempt
+    finally:
+        await aclose_backends()

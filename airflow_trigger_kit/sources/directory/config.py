@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from airflow_trigger_kit.sources.base import JSON
+from airflow_trigger_kit.sources.globs import check_globs
 
 EVENT_KINDS = ("created", "modified", "deleted")
 DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "~*")
@@ -43,6 +44,8 @@ class DirectoryWatchConfig:
             raise ValueError("directories must name at least one directory, got []")
         normalized: list[str] = []
         for d in dirs:
+            if "\x00" in d:
+                raise ValueError(f"directories must not contain NUL characters (no path can), got {d!r}")
             if not os.path.isabs(d):
                 raise ValueError(
                     f"directories must be absolute paths (the triggerer runs in another working directory), got {d!r}"
@@ -59,7 +62,9 @@ class DirectoryWatchConfig:
                 raise ValueError(
                     f"patterns match file names, not paths (use recursive=True for subdirectories), got {p!r}"
                 )
+        check_globs("patterns", pats)
         ignores = _string_list("ignore_patterns", ignore_patterns or ())
+        check_globs("ignore_patterns", ignores)
         kinds = _event_kinds(event_kinds)
         if not isinstance(recursive, bool):
             raise ValueError(f"recursive must be True or False, got {recursive!r}")

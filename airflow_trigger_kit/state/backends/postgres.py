@@ -83,11 +83,24 @@ class PostgresBackend(StateBackend):
         try:
             pool = await self._pool()
             async with pool.acquire() as conn:
-                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                try:
+                    rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                except asyncpg.exceptions.InternalClientError:
+                    # A server restart can leave a pooled connection half-closed: asyncpg has read the
+                    # FATAL message but not yet the end of the socket, and reports "another operation
+                    # is in progress". Never hand that connection out again.
+                    conn.terminate()
+                    raise
                 return rows
         except (asyncpg.UniqueViolationError, asyncpg.SerializationError) as exc:  # pragma: no cover
             raise StateStoreUnavailable(f"ProcessState store {self._label}: {exc}") from exc
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError,
+        ) as exc:
             raise StateStoreUnavailable(
                 f"ProcessState store {self._label} is unavailable: {type(exc).__name__}: {exc}"
             ) from exc
