@@ -303,7 +303,7 @@ def celery_broker(url: str | None = None, log_path: str | None = None) -> Iterat
         for db in range(1, 16):
             client = redis.Redis.from_url(f"{base}/{db}")
             try:
-                sizes[db] = int(client.dbsize())
+                sizes[db] = int(client.dbsize())  # type: ignore[arg-type]  # sync client: an int
             except redis.ResponseError:  # a server configured with fewer databases
                 break
             finally:

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
 from airflow_trigger_kit.sources.base import Batch
-from airflow_trigger_kit.sources.directory import DirectoryScan, DirectoryWatchConfig, FileStat, detect, empty_cursor
+from airflow_trigger_kit.sources.directory import DirectoryScan, DirectoryWatchConfig, detect, empty_cursor, file_stat
 from tests.model_support import CursorModel, model_settings
 
 pytestmark = pytest.mark.unit
@@ -124,7 +124,7 @@ class DirectoryCursorModel(CursorModel):
             DirectoryScan(
                 d,
                 self.mounted[d],
-                {n: FileStat(f.inode, f.size, f.mtime_ns, f.stamp) for n, f in self.files[d].items()}
+                {n: file_stat(f.inode, f.size, f.mtime_ns, f.stamp) for n, f in self.files[d].items()}
                 if self.mounted[d]
                 else {},
                 self.now,
