@@ -1,0 +1,132 @@
+"""User SQL (``filter`` and ``query``): lexed like PostgreSQL lexes it, at DAG parse time (pure).
+
+A ``filter`` is one boolean expression and a ``query`` one read-only statement. The lexer skips
+string literals, quoted identifiers, dollar quotes and comments, and refuses what would let the text
+escape its slot (a ``;``, an unbalanced parenthesis, ``$n`` placeholders). The server's prepare
+step checks the rest; every poll runs in a ``READ ONLY`` transaction, so nothing can write even if
+it got past these checks.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]")
+
+
+def check_sql_fragment(param: str, text: str) -> None:
+    """Reject ``text`` unless it is one statement or expression: lexes like PostgreSQL does.
+
+    String literals (``'..'``, ``E'..'``, ``$tag$..$tag$``), quoted identifiers and comments
+    (``--``, nested ``/* */``) are skipped; outside them a ``;``, a ``)`` without its ``(``,
+    an unclosed ``(`` or a ``$1`` placeholder is an error naming ``param`` and the position. The
+    server's prepare step checks the rest (syntax, one statement, the type of a filter).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{param} must be a non-empty SQL string, got {text!r}")
+    if "\x00" in text:
+        raise ValueError(f"{param} must not contain NUL characters")
+    depth = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "'" or (c in "eE" and i + 1 < n and text[i + 1] == "'" and not _ident_before(text, i)):
+            escapes = c != "'"
+            j = i + (2 if escapes else 1)
+            while True:
+                if j >= n:
+                    raise ValueError(f"{param}: unterminated string literal starting at position {i}")
+                if escapes and text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == "'":
+                    if j + 1 < n and text[j + 1] == "'":
+                        j += 2
+                        continue
+                    break
+                j += 1
+            i = j + 1
+        elif c == '"':
+            j = i + 1
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    raise ValueError(f"{param}: unterminated quoted identifier starting at position {i}")
+                if k + 1 < n and text[k + 1] == '"':
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+        elif c == "-" and text.startswith("--", i):
+            k = text.find("\n", i)
+            i = n if k < 0 else k + 1
+        elif c == "/" and text.startswith("/*", i):
+            level, j = 1, i + 2
+            while level:
+                if j >= n:
+                    raise ValueError(f"{param}: unterminated /* comment starting at position {i}")
+                if text.startswith("/*", j):
+                    level, j = level + 1, j + 2
+                elif text.startswith("*/", j):
+                    level, j = level - 1, j + 2
+                else:
+                    j += 1
+            i = j
+        elif c == "$" and not _ident_before(text, i):
+            if i + 1 < n and text[i + 1].isdigit():
+                raise ValueError(
+                    f"{param}: placeholders such as ${text[i + 1]} are not supported (position {i}); "
+                    "write values as SQL literals"
+                )
+            m = _DOLLAR_TAG.match(text, i)
+            if m is None:
+                i += 1
+                continue
+            end = text.find(m.group(0), m.end())
+            if end < 0:
+                raise ValueError(f"{param}: unterminated dollar-quoted string {m.group(0)} at position {i}")
+            i = end + len(m.group(0))
+        elif _IDENT_CHAR.match(c):
+            j = i + 1
+            while j < n and _IDENT_CHAR.match(text[j]):
+                j += 1
+            i = j
+        elif c == ";":
+            raise ValueError(
+                f"{param} must be a single SQL {'statement' if param == 'query' else 'expression'}: found ';' at "
+                f"position {i} outside string literals and comments in {text[:200]!r}"
+            )
+        elif c == "(":
+            depth += 1
+            i += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"{param}: ')' at position {i} closes a parenthesis that {param} did not open")
+            i += 1
+        else:
+            i += 1
+    if depth:
+        raise ValueError(f"{param}: {depth} unclosed '(' in {text[:200]!r}")
+
+
+def _ident_before(text: str, i: int) -> bool:
+    return i > 0 and bool(_IDENT_CHAR.match(text[i - 1]))
+
+
+_QUERY_START = re.compile(r"\s*(?:(?:--[^\n]*\n?)|(?:/\*.*?\*/)|\s)*\(?\s*(\w+)", re.DOTALL)
+
+
+def normalize_query(query: str) -> str:
+    """The user query without surrounding whitespace and one trailing ``;``; checked like a fragment."""
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"query must be a non-empty SQL SELECT statement, got {query!r}")
+    text = query.strip()
+    if text.endswith(";"):
+        text = text[:-1].rstrip()
+    check_sql_fragment("query", text)
+    m = _QUERY_START.match(text)
+    if m is None or m.group(1).lower() not in ("select", "with", "values", "table"):
+        raise ValueError(f"query must be a SELECT (or WITH / VALUES / TABLE) statement, got {text[:200]!r}")
+    return text
