@@ -33,7 +33,7 @@ from airflow_trigger_kit import metrics
 from airflow_trigger_kit.payload import CURSOR_KEY, build_payload, error_payload
 from airflow_trigger_kit.retry import Backoff, is_transient
 from airflow_trigger_kit.settings import WatchSettings
-from airflow_trigger_kit.sources.base import JSON, Batch, PermanentSourceError, Source
+from airflow_trigger_kit.sources.base import JSON, Batch, PermanentSourceError, Source, poll_batch
 
 if TYPE_CHECKING:
     from airflow.triggers.shared_stream import SharedStreamProducer
@@ -74,6 +74,9 @@ class IncrementalTrigger(BaseEventTrigger):
     async def next_batch(self, source: Source, cursor: JSON | None) -> Batch:
         """Poll from ``cursor`` until the source reports items; retry transient errors with backoff.
 
+        A backlog is taken in large batches (up to ``backlog_max_items``, see
+        :func:`~airflow_trigger_kit.sources.base.poll_batch`).
+
         Changes the source does not report (for example a modification when only ``created`` is
         watched) move the in-memory cursor between polls; they are committed with the next batch.
         """
@@ -81,7 +84,7 @@ class IncrementalTrigger(BaseEventTrigger):
         failing_since: float | None = None
         while True:
             try:
-                batch = await source.poll(cursor, self.settings.max_items)
+                batch = await poll_batch(source, cursor, self.settings.max_items, self.settings.max_batch_items)
             except Exception as exc:
                 if not is_transient(exc):
                     metrics.incr("failures", source=self.source_kind)

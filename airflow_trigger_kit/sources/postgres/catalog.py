@@ -215,6 +215,7 @@ async def inspect_table(
         types=[columns[c].type_sql for c in order],
         filter=cfg.filter,
         nullable_order=[c for c in order if not columns[c].not_null],
+        selected_types=[columns[c].base_type for c in selected],
     )
     if cfg.detection == "watermark":
         plan_late_commits(cfg, plan, info)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from airflow_trigger_kit.sources.base import PermanentSourceError, TransientSourceError
+from airflow_trigger_kit.sources.postgres.user_sql import READ_ONLY_HINT
 
 TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "40", "57P", "58", "55P03", "57014", "55006")
 """Connection (08), resources (53), serialization/deadlock (40), shutdown/restart (57P), I/O (58),
@@ -46,6 +47,8 @@ def classify_error(exc: BaseException, *, context: str, connection_closed: bool 
             return TransientSourceError(message)
         if state.startswith("28"):
             return PermanentSourceError(f"{message} — check the login and password of the connection")
+        if state == "25006":
+            return PermanentSourceError(f"{message} — filter and query must not write: {READ_ONLY_HINT}")
         if state == "42501":
             return PermanentSourceError(f"{message} — grant the role SELECT on the table (and USAGE on its schema)")
         # Everything else — syntax and undefined objects (42), data (22), a write in a read-only

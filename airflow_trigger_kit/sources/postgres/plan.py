@@ -43,6 +43,8 @@ class Plan:
     xid_condition: str | None = None
     filter: str | None = None
     nullable_order: list[str] = field(default_factory=list)
+    selected_types: list[str] = field(default_factory=list)
+    """Base types of ``selected`` (from the catalog), which decide how values become JSON."""
 
     @property
     def order_sql(self) -> str:
@@ -137,14 +139,19 @@ class Plan:
         )
         return sql, params.values
 
-    def first_segment_query(self, hi: Sequence[str], pos: Sequence[str]) -> tuple[str, list[Any]]:
-        """The check of a first segment that has no lower bound (the window starts at the table's start)."""
+    def first_segment_query(self, hi: Sequence[str], wanted: bool, pos: Sequence[str]) -> tuple[str, list[Any]]:
+        """The check of a first segment that has no lower bound (the window starts at the table's start).
+
+        Aggregated only when ``wanted`` or expired, like :meth:`window_check_query` (a one-time filter).
+        """
         params = Params()
         upper = params.position(hi, self.types)
+        flag = params.add(wanted, "bool")
         floor = self.floor_sql(params, pos)
-        where = [*self.conditions(), f"({self.order_sql}) <= ({', '.join(upper)})"]
+        expired = f"({upper[0]} <= {floor})"
+        where = [f"({flag} OR {expired})", *self.conditions(), f"({self.order_sql}) <= ({', '.join(upper)})"]
         sql = (
-            f"SELECT ({upper[0]} <= {floor}) AS expired, count(*)::int8 AS n, coalesce(sum({self.hash_sql}), 0) AS s "
+            f"SELECT {expired} AS expired, count(*)::int8 AS n, coalesce(sum({self.hash_sql}), 0) AS s "
             f"FROM {self.relation} AS src WHERE {' AND '.join(where)}"
         )
         return sql, params.values

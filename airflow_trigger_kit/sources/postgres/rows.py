@@ -15,13 +15,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from airflow_trigger_kit.sources.base import JSON, Item
-from airflow_trigger_kit.sources.postgres.json_values import FAST_CONVERTERS, to_json_safe
+from airflow_trigger_kit.sources.postgres.json_values import to_json_safe
 from airflow_trigger_kit.sources.postgres.plan import Plan
 
 
 def joined(values: Iterable[str]) -> str:
     """An unambiguous string for a list of texts (each one length-prefixed), for dedup ids."""
-    return "|".join(f"{len(v)}:{v}" for v in values)
+    return "|".join([f"{len(v)}:{v}" for v in values])
 
 
 class Row:
@@ -35,14 +35,21 @@ class Row:
         self.hash = hash
 
 
+IDENTITY_TYPES = frozenset(
+    {"smallint", "integer", "bigint", "text", "character varying", "character", "boolean", "name", '"char"'}
+)
+"""Base types whose asyncpg values (``int``, ``str``, ``bool``) are JSON already: copied, not converted."""
+
+
 class RowReader:
     """Turns records of one plan into :class:`Row` objects and items."""
 
     def __init__(self, plan: Plan, table_name: str) -> None:
-        self.selected = list(plan.selected)
         self.order = list(plan.order)
         self.nsel = len(plan.selected)
         self.nord = len(plan.order)
+        types = plan.selected_types or [""] * len(plan.selected)
+        self.columns = [(name, j, t in IDENTITY_TYPES) for j, (name, t) in enumerate(zip(plan.selected, types))]  # noqa: B905
         self.key_index = [(k, plan.order.index(k)) for k in plan.key]
         self.table_name = table_name
         self._id_prefix = f"postgres\x1f{table_name}\x1f"
@@ -51,24 +58,32 @@ class RowReader:
         nsel, end = self.nsel, self.nsel + self.nord
         out = []
         for record in records:
-            values = tuple(record)
-            out.append(Row(record, list(values[nsel:end]), values[end]))
+            out.append(Row(record, [record[i] for i in range(nsel, end)], record[end]))
         return out
 
     def item(self, row: Row, *, late: bool = False) -> Item:
-        values = tuple(row.record)[: self.nsel]
-        get = FAST_CONVERTERS.get
-        converted = [(get(type(v)) or to_json_safe)(v) for v in values]
+        record = row.record
+        values: dict[str, JSON] = {}
+        for name, j, same in self.columns:
+            v = record[j]
+            values[name] = v if same or v is None else to_json_safe(v)
         pos = row.pos
-        key_values = {k: pos[i] for k, i in self.key_index}
+        if len(self.key_index) == 1:
+            name, i = self.key_index[0]
+            key = pos[i]
+            key_values = {name: key}
+            key_text = f"{len(key)}:{key}"
+        else:
+            key_values = {k: pos[i] for k, i in self.key_index}
+            key_text = joined(key_values.values())
         data: dict[str, JSON] = {
             "kind": "row",
             "table": self.table_name,
-            "row": dict(zip(self.selected, converted)),  # noqa: B905 - lengths equal by construction
+            "row": values,
             "key": key_values,
-            "watermark": dict(zip(self.order, pos)),  # noqa: B905
+            "watermark": dict(zip(self.order, pos)),  # noqa: B905 - lengths equal by construction
         }
         if late:
             data["late"] = True
-        text = self._id_prefix + joined(key_values.values()) + "\x1f" + joined(pos)
+        text = self._id_prefix + key_text + "\x1f" + joined(pos)
         return Item(hashlib.sha256(text.encode("utf-8")).hexdigest()[:32], data)

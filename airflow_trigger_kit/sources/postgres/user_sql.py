@@ -129,4 +129,127 @@ def normalize_query(query: str) -> str:
     m = _QUERY_START.match(text)
     if m is None or m.group(1).lower() not in ("select", "with", "values", "table"):
         raise ValueError(f"query must be a SELECT (or WITH / VALUES / TABLE) statement, got {text[:200]!r}")
+    check_read_only_query(text)
     return text
+
+
+WRITE_KEYWORDS = frozenset({"insert", "update", "delete", "merge"})
+_MAIN_KEYWORDS = frozenset({"select", "values", "table"}) | WRITE_KEYWORDS
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*|[()]")
+READ_ONLY_HINT = (
+    "the watch runs it in a READ ONLY transaction on every poll and only reads: no INSERT, UPDATE, DELETE or "
+    "MERGE (also not inside WITH), no SELECT ... INTO, no FOR UPDATE / FOR SHARE, no functions that write "
+    "(nextval(), ...); do the writing in a task"
+)
+
+
+def check_read_only_query(text: str) -> None:
+    """Refuse a ``query`` that would write, as far as its text shows it (a checked, normalized query).
+
+    Caught here, at DAG parse time: a data-modifying statement in a ``WITH`` clause
+    (``WITH d AS (DELETE ...) SELECT ...``) or as the statement after it, ``SELECT ... INTO``
+    (creates a table) and row locks (``FOR UPDATE``, ``FOR NO KEY UPDATE``, ``FOR SHARE``, ``FOR KEY
+    SHARE``). Functions that write (``nextval()``) cannot be seen in the text: the read-only
+    transaction refuses them when the query runs, with the same hint.
+    """
+    tokens = [(m.group(0).lower(), m.start()) for m in _TOKEN.finditer(_code_only(text))]
+    depth = 0
+    main_seen = tokens[0][0] != "with" if tokens else True
+    for n, (tok, at) in enumerate(tokens):
+        following = [t for t, _ in tokens[n + 1 : n + 4]]
+        if tok == "(":
+            depth += 1
+            continue
+        if tok == ")":
+            depth -= 1
+            continue
+        what = None
+        if tok in WRITE_KEYWORDS and n >= 2 and tokens[n - 1][0] == "(" and tokens[n - 2][0] in ("as", "materialized"):
+            what = f"a data-modifying {tok.upper()} in a WITH clause"
+        elif not main_seen and depth == 0 and tok in _MAIN_KEYWORDS:
+            main_seen = True
+            if tok in WRITE_KEYWORDS:
+                what = f"a data-modifying {tok.upper()} statement after WITH"
+        elif tok == "into":
+            what = "SELECT ... INTO (it creates a table)"
+        elif tok == "for" and (
+            following[:1] in (["update"], ["share"])
+            or following[:3] == ["no", "key", "update"]
+            or following[:2] == ["key", "share"]
+        ):
+            what = "a row lock (FOR UPDATE / FOR SHARE)"
+        if what is not None:
+            raise ValueError(f"query must not write: found {what} at position {at} of {text[:200]!r}; {READ_ONLY_HINT}")
+
+
+def _code_only(text: str) -> str:
+    """``text`` with string literals, quoted identifiers and comments blanked out (same length).
+
+    ``text`` has passed :func:`check_sql_fragment`, so every literal and comment is terminated.
+    """
+    out = list(text)
+    i, n = 0, len(text)
+
+    def blank(start: int, end: int) -> None:
+        out[start:end] = " " * (end - start)
+
+    while i < n:
+        c = text[i]
+        if c == "'" or (c in "eE" and i + 1 < n and text[i + 1] == "'" and not _ident_before(text, i)):
+            escapes = c != "'"
+            j = i + (2 if escapes else 1)
+            while j < n:
+                if escapes and text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == "'":
+                    if j + 1 < n and text[j + 1] == "'":
+                        j += 2
+                        continue
+                    break
+                j += 1
+            blank(i, j + 1)
+            i = j + 1
+        elif c == '"':
+            j = i + 1
+            while True:
+                k = text.find('"', j)
+                if k < 0 or not (k + 1 < n and text[k + 1] == '"'):
+                    break
+                j = k + 2
+            end = n if k < 0 else k + 1
+            blank(i, end)
+            i = end
+        elif text.startswith("--", i):
+            k = text.find("\n", i)
+            end = n if k < 0 else k
+            blank(i, end)
+            i = end
+        elif text.startswith("/*", i):
+            level, j = 1, i + 2
+            while level and j < n:
+                if text.startswith("/*", j):
+                    level, j = level + 1, j + 2
+                elif text.startswith("*/", j):
+                    level, j = level - 1, j + 2
+                else:
+                    j += 1
+            blank(i, j)
+            i = j
+        elif c == "$" and not _ident_before(text, i):
+            m = _DOLLAR_TAG.match(text, i)
+            if m is None:
+                i += 1
+                continue
+            k = text.find(m.group(0), m.end())
+            end = n if k < 0 else k + len(m.group(0))
+            blank(i, end)
+            i = end
+        elif _IDENT_CHAR.match(c):
+            j = i + 1
+            while j < n and _IDENT_CHAR.match(text[j]):
+                j += 1
+            i = j
+        else:
+            i += 1
+    return "".join(out)

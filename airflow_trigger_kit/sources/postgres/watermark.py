@@ -118,9 +118,10 @@ class WatermarkDetection:
         his = list(his)
         if lo is None and his:
             # The window starts at the table's start: the first segment has no lower bound.
-            sql, args = self.plan.first_segment_query(his[0], pos)
+            sql, args = self.plan.first_segment_query(his[0], wanted[0], pos)
             row = await conn.fetchrow(sql, *args, timeout=self.timeout)
-            out.append((int(row["n"]), wrap64(int(row["s"])), bool(row["expired"]), True))
+            expired = bool(row["expired"])
+            out.append((int(row["n"]), wrap64(int(row["s"])), expired, wanted[0] or expired))
             lo, his, wanted = his[0], his[1:], wanted[1:]
         if his:
             assert lo is not None

@@ -18,9 +18,12 @@ that each row is checked a bounded number of times over its life in the window, 
   segment born (first read) at ``b`` and last verified at ``c`` is next due at
   ``c + max(FIRST_CHECK_SECONDS, c - b)``, so at ages of about 1, 2, 4, 8 ... seconds. A row that
   commits ``d`` seconds after rows later than it were read is therefore found within about ``d``
-  seconds (at least :data:`FIRST_CHECK_SECONDS`); each row is checked about ``log2(age)`` times in
-  all. Due checks take at most :data:`CHECK_ROWS_PER_POLL` rows per poll (the most overdue first;
-  always at least one segment), which bounds the cost of any one poll.
+  seconds (at least :data:`FIRST_CHECK_SECONDS`, and later when checks are over budget); each row
+  is checked about ``log2(age)`` times in all. Due checks take at most :data:`CHECK_ROWS_PER_POLL`
+  rows per poll (the most overdue first;
+  always at least one segment) or :data:`CHECK_ROWS_PER_SECOND` per second since the previous
+  poll, whichever is more: this bounds the cost of any one poll, and keeps a window checked through
+  however rarely the watch polls.
 * a segment that leaves the window (its ``hi`` falls ``lookback`` behind the cursor) is checked in
   the very poll that drops it, whatever its schedule — this final check is what the guarantee rests
   on: a row committed after it has a value more than ``lookback`` older than its commit.
@@ -61,8 +64,12 @@ MAX_WINDOW_BYTES = 32 * 1024
 """Most bytes the window may take in the cursor (ProcessState values are limited to 64 KiB by default)."""
 FIRST_CHECK_SECONDS = 1.0
 """Shortest time between two scheduled checks of a coarse segment."""
-CHECK_ROWS_PER_POLL = 4096
-"""Most rows of coarse segments one poll checks on schedule (expiring and pending ones come on top)."""
+CHECK_ROWS_PER_POLL = 2048
+"""Rows of coarse segments a poll may check on schedule (expiring and pending ones come on top) ..."""
+CHECK_ROWS_PER_SECOND = 8192
+"""... or this many per second since the previous poll, when that is more (rare polls check more)."""
+MAX_CHECK_ELAPSED = 600.0
+"""Seconds since the previous poll counted at most towards the check budget."""
 
 
 def short_hash(h: int) -> str:
@@ -179,8 +186,17 @@ def append_rows(segments: list[Segment], rows: Sequence[tuple[list[str], int]], 
             last.c = max(last.c, now)
 
 
-def checks_for(segments: Sequence[Segment], now: float, budget: int = CHECK_ROWS_PER_POLL) -> list[bool]:
+def check_budget(segments: Sequence[Segment], now: float) -> int:
+    """Rows of coarse segments this poll may check on schedule (see the module docstring)."""
+    last = max((s.c for s in segments), default=0.0)
+    elapsed = min(max(now - last, 0.0), MAX_CHECK_ELAPSED) if last else 0.0
+    return max(CHECK_ROWS_PER_POLL, int(CHECK_ROWS_PER_SECOND * elapsed))
+
+
+def checks_for(segments: Sequence[Segment], now: float, budget: int | None = None) -> list[bool]:
     """Which segments a poll checks (the server adds those that expire; see the module docstring)."""
+    if budget is None:
+        budget = check_budget(segments, now)
     wanted = [s.exact or s.p is not None for s in segments]
     due = sorted((s.next_check(), i) for i, s in enumerate(segments) if not wanted[i] and s.is_due(now))
     spent = 0
