@@ -232,3 +232,47 @@ async def test_the_late_commit_window_survives_a_cursor_from_before_scheduled_ch
         assert all(i.data["late"] for i in batch.items)
     finally:
         await src.aclose()
+
+
+async def test_twelve_writers_with_random_commit_delays_skip_nothing(pg_db: PgDatabase) -> None:
+    """The late-commit load of test_postgres_late_commits with 12 writers instead of 8."""
+    import random
+    import time
+
+    from tests.integration.test_postgres_late_commits import Watch, writer
+
+    writers, rows = 12, 12_000
+    await execute(pg_db.dsn, ORDERS_DDL)
+    watches = [
+        Watch(
+            "default (lookback 300 s on updated_at)",
+            source(pg_db.dsn, table="orders", watermark_columns=["updated_at"]),
+        ),
+        Watch("xid_column (exact)", source(pg_db.dsn, table="orders", xid_column="xmin8")),
+        Watch(
+            "plain keyset (lookback=0)", source(pg_db.dsn, table="orders", watermark_columns=["updated_at"], lookback=0)
+        ),
+    ]
+    for w in watches:
+        w.cursor = persisted(await w.source.baseline())
+    started = time.monotonic()
+    writing = asyncio.gather(*(writer(pg_db.dsn, n, rows // writers, random.Random(100 + n)) for n in range(writers)))
+
+    async def keep_polling(w: Watch) -> None:
+        while not writing.done():
+            if not await w.poll_once():
+                await asyncio.sleep(0.02)
+        while await w.poll_once():
+            pass
+
+    try:
+        await asyncio.gather(writing, *(keep_polling(w) for w in watches))
+    finally:
+        for w in watches:
+            await w.source.aclose()
+    print(f"\n{writers} writers inserted {rows} rows in {time.monotonic() - started:.1f}s while three watches polled:")
+    expected = set(range(1, rows + 1))
+    results = [w.report(expected) for w in watches]
+    assert results[0][0] == 0, "the default (lookback) watch must not skip committed rows"
+    assert results[1] == (0, 0), "the xid_column watch is exact"
+    assert results[2][0] > 0, "the load must produce late commits, or this test proves nothing"
