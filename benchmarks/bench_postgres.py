@@ -10,7 +10,7 @@ default 300 s ``lookback`` window. For the default ``lookback`` mode and for ``x
 * how fast the backlog drains, at the source level (``source.poll`` in a loop, the cursor
   JSON-persisted between polls as ProcessState would store it): with pages of 500 rows (the default
   ``max_items``), with pages of 5,000 (the largest batch the triggers and sensors take while a
-  backlog drains, ``backlog_max_items``), and with pages of 500 plus a ProcessState commit
+  backlog drains, ``backlog_max_items``), and both again with a ProcessState commit
   (compare-and-set on the SQLite backend) after each batch, as a watcher does;
 * the anchor: raw asyncpg keyset pages of the same size over the same rows
   (``WHERE (cols) > (last) ORDER BY cols LIMIT n``, rows decoded, nothing else).
@@ -230,8 +230,9 @@ async def bench_watch(dsn: str, size: Size, mode: str, state_path: str) -> dict[
             nonlocal version
             version = await state.aset("cursor", cursor, expected_version=version)
 
-        rows, seconds, cursor, finished = await drain(source, start, 500, size.drain_budget, commit)
-        out["drain_500_commit"] = (rows, seconds, finished)
+        for page in (500, 5000):
+            rows, seconds, cursor, finished = await drain(source, start, page, size.drain_budget, commit)
+            out[f"drain_{page}_commit"] = (rows, seconds, finished)
         if drained_cursor is None:
             out["after_from_baseline"] = True
             drained_cursor = persisted(await source.baseline())
@@ -281,7 +282,12 @@ def print_watch(size: Size, results: dict[str, dict[str, Any]]) -> None:
     print("| mode | pages of | raw asyncpg (anchor) | ours | ours / anchor |")
     print("|---|---|---|---|---|")
     for mode, r in results.items():
-        for page, key in ((500, "drain_500"), (5000, "drain_5000"), (500, "drain_500_commit")):
+        for page, key in (
+            (500, "drain_500"),
+            (5000, "drain_5000"),
+            (500, "drain_500_commit"),
+            (5000, "drain_5000_commit"),
+        ):
             rows, seconds, finished = r[key]
             raw = rate(*r[f"raw_{page}"])
             ours = rate(rows, seconds)

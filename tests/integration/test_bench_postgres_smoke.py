@@ -40,6 +40,7 @@ def test_bench_postgres_smoke_prints_its_tables() -> None:
         "| lookback | 500 |",
         "| lookback | 5,000 |",
         "| xid_column | 500 + ProcessState commit per batch |",
+        "| lookback | 5,000 + ProcessState commit per batch |",
         "(g) ProcessState compare-and-set writes/s",
         "| SQLite | 1 |",
         "| SQLite | 20 |",

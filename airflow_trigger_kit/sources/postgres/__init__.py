@@ -60,7 +60,7 @@ read. A plain keyset cursor then skips it forever. Two remedies, chosen per watc
   (the newest 1,024 reported rows) are *exact* — they also keep 40 bits of each row's hash, so a
   late row there is found and reported alone — and are checked on every poll. Older segments are
   *coarse*: checked on a geometric schedule (about 1, 2, 4, 8 ... seconds after their rows were
-  read, at most 4,096 rows a poll) and always in the poll that drops them from the window; a single
+  read, within a row budget per poll) and always in the poll that drops them from the window; a single
   new row is identified from the digest difference, otherwise the whole segment is re-reported
   (those repeats carry the dedup ids of their first delivery). So a poll costs what is new plus a
   bounded check, never a pass over the whole window (see
@@ -161,6 +161,7 @@ from airflow_trigger_kit.sources.postgres.watermark import CURSOR_VERSION, YIELD
 from airflow_trigger_kit.sources.postgres.window import (
     BASELINE_COARSE_SEGMENTS,
     CHECK_ROWS_PER_POLL,
+    CHECK_ROWS_PER_SECOND,
     COARSE_ROWS,
     FIRST_CHECK_SECONDS,
     HASH_HEX,
@@ -179,6 +180,7 @@ from airflow_trigger_kit.sources.postgres.window import (
 __all__ = [
     "BASELINE_COARSE_SEGMENTS",
     "CHECK_ROWS_PER_POLL",
+    "CHECK_ROWS_PER_SECOND",
     "COARSE_ROWS",
     "CURSOR_VERSION",
     "DEFAULT_LOOKBACK_SECONDS",

@@ -35,9 +35,7 @@ class Row:
         self.hash = hash
 
 
-IDENTITY_TYPES = frozenset(
-    {"smallint", "integer", "bigint", "text", "character varying", "character", "boolean", "name", '"char"'}
-)
+IDENTITY_TYPES = frozenset({"smallint", "integer", "bigint", "text", "character varying", "character", "boolean"})
 """Base types whose asyncpg values (``int``, ``str``, ``bool``) are JSON already: copied, not converted."""
 
 

@@ -27,8 +27,37 @@ def check_sql_fragment(param: str, text: str) -> None:
         raise ValueError(f"{param} must be a non-empty SQL string, got {text!r}")
     if "\x00" in text:
         raise ValueError(f"{param} must not contain NUL characters")
+    code = _code_only(param, text)
     depth = 0
+    for i, c in enumerate(code):
+        if c == ";":
+            raise ValueError(
+                f"{param} must be a single SQL {'statement' if param == 'query' else 'expression'}: found ';' at "
+                f"position {i} outside string literals and comments in {text[:200]!r}"
+            )
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"{param}: ')' at position {i} closes a parenthesis that {param} did not open")
+    if depth:
+        raise ValueError(f"{param}: {depth} unclosed '(' in {text[:200]!r}")
+
+
+def _code_only(param: str, text: str) -> str:
+    """``text`` with string literals, quoted identifiers and comments blanked out (same length).
+
+    Lexes like PostgreSQL: ``'..'`` (``''`` inside), ``E'..'`` (backslash escapes), ``$tag$..$tag$``,
+    ``".."`` identifiers, ``--`` and nested ``/* */`` comments; identifiers may contain ``$``. An
+    unterminated literal or comment, or a ``$1`` placeholder, is an error naming ``param``.
+    """
+    out = list(text)
     i, n = 0, len(text)
+
+    def blank(start: int, end: int) -> None:
+        out[start:end] = " " * (end - start)
+
     while i < n:
         c = text[i]
         if c == "'" or (c in "eE" and i + 1 < n and text[i + 1] == "'" and not _ident_before(text, i)):
@@ -46,6 +75,7 @@ def check_sql_fragment(param: str, text: str) -> None:
                         continue
                     break
                 j += 1
+            blank(i, j + 1)
             i = j + 1
         elif c == '"':
             j = i + 1
@@ -56,11 +86,14 @@ def check_sql_fragment(param: str, text: str) -> None:
                 if k + 1 < n and text[k + 1] == '"':
                     j = k + 2
                     continue
-                i = k + 1
                 break
+            blank(i, k + 1)
+            i = k + 1
         elif c == "-" and text.startswith("--", i):
             k = text.find("\n", i)
-            i = n if k < 0 else k + 1
+            end = n if k < 0 else k + 1
+            blank(i, end)
+            i = end
         elif c == "/" and text.startswith("/*", i):
             level, j = 1, i + 2
             while level:
@@ -72,6 +105,7 @@ def check_sql_fragment(param: str, text: str) -> None:
                     level, j = level - 1, j + 2
                 else:
                     j += 1
+            blank(i, j)
             i = j
         elif c == "$" and not _ident_before(text, i):
             if i + 1 < n and text[i + 1].isdigit():
@@ -86,29 +120,16 @@ def check_sql_fragment(param: str, text: str) -> None:
             end = text.find(m.group(0), m.end())
             if end < 0:
                 raise ValueError(f"{param}: unterminated dollar-quoted string {m.group(0)} at position {i}")
+            blank(i, end + len(m.group(0)))
             i = end + len(m.group(0))
         elif _IDENT_CHAR.match(c):
             j = i + 1
             while j < n and _IDENT_CHAR.match(text[j]):
                 j += 1
             i = j
-        elif c == ";":
-            raise ValueError(
-                f"{param} must be a single SQL {'statement' if param == 'query' else 'expression'}: found ';' at "
-                f"position {i} outside string literals and comments in {text[:200]!r}"
-            )
-        elif c == "(":
-            depth += 1
-            i += 1
-        elif c == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"{param}: ')' at position {i} closes a parenthesis that {param} did not open")
-            i += 1
         else:
             i += 1
-    if depth:
-        raise ValueError(f"{param}: {depth} unclosed '(' in {text[:200]!r}")
+    return "".join(out)
 
 
 def _ident_before(text: str, i: int) -> bool:
@@ -152,7 +173,7 @@ def check_read_only_query(text: str) -> None:
     SHARE``). Functions that write (``nextval()``) cannot be seen in the text: the read-only
     transaction refuses them when the query runs, with the same hint.
     """
-    tokens = [(m.group(0).lower(), m.start()) for m in _TOKEN.finditer(_code_only(text))]
+    tokens = [(m.group(0).lower(), m.start()) for m in _TOKEN.finditer(_code_only("query", text))]
     depth = 0
     main_seen = tokens[0][0] != "with" if tokens else True
     for n, (tok, at) in enumerate(tokens):
@@ -180,76 +201,3 @@ def check_read_only_query(text: str) -> None:
             what = "a row lock (FOR UPDATE / FOR SHARE)"
         if what is not None:
             raise ValueError(f"query must not write: found {what} at position {at} of {text[:200]!r}; {READ_ONLY_HINT}")
-
-
-def _code_only(text: str) -> str:
-    """``text`` with string literals, quoted identifiers and comments blanked out (same length).
-
-    ``text`` has passed :func:`check_sql_fragment`, so every literal and comment is terminated.
-    """
-    out = list(text)
-    i, n = 0, len(text)
-
-    def blank(start: int, end: int) -> None:
-        out[start:end] = " " * (end - start)
-
-    while i < n:
-        c = text[i]
-        if c == "'" or (c in "eE" and i + 1 < n and text[i + 1] == "'" and not _ident_before(text, i)):
-            escapes = c != "'"
-            j = i + (2 if escapes else 1)
-            while j < n:
-                if escapes and text[j] == "\\":
-                    j += 2
-                    continue
-                if text[j] == "'":
-                    if j + 1 < n and text[j + 1] == "'":
-                        j += 2
-                        continue
-                    break
-                j += 1
-            blank(i, j + 1)
-            i = j + 1
-        elif c == '"':
-            j = i + 1
-            while True:
-                k = text.find('"', j)
-                if k < 0 or not (k + 1 < n and text[k + 1] == '"'):
-                    break
-                j = k + 2
-            end = n if k < 0 else k + 1
-            blank(i, end)
-            i = end
-        elif text.startswith("--", i):
-            k = text.find("\n", i)
-            end = n if k < 0 else k
-            blank(i, end)
-            i = end
-        elif text.startswith("/*", i):
-            level, j = 1, i + 2
-            while level and j < n:
-                if text.startswith("/*", j):
-                    level, j = level + 1, j + 2
-                elif text.startswith("*/", j):
-                    level, j = level - 1, j + 2
-                else:
-                    j += 1
-            blank(i, j)
-            i = j
-        elif c == "$" and not _ident_before(text, i):
-            m = _DOLLAR_TAG.match(text, i)
-            if m is None:
-                i += 1
-                continue
-            k = text.find(m.group(0), m.end())
-            end = n if k < 0 else k + len(m.group(0))
-            blank(i, end)
-            i = end
-        elif _IDENT_CHAR.match(c):
-            j = i + 1
-            while j < n and _IDENT_CHAR.match(text[j]):
-                j += 1
-            i = j
-        else:
-            i += 1
-    return "".join(out)

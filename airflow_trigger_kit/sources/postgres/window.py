@@ -64,7 +64,7 @@ MAX_WINDOW_BYTES = 32 * 1024
 """Most bytes the window may take in the cursor (ProcessState values are limited to 64 KiB by default)."""
 FIRST_CHECK_SECONDS = 1.0
 """Shortest time between two scheduled checks of a coarse segment."""
-CHECK_ROWS_PER_POLL = 2048
+CHECK_ROWS_PER_POLL = 1024
 """Rows of coarse segments a poll may check on schedule (expiring and pending ones come on top) ..."""
 CHECK_ROWS_PER_SECOND = 8192
 """... or this many per second since the previous poll, when that is more (rare polls check more)."""
@@ -183,7 +183,6 @@ def append_rows(segments: list[Segment], rows: Sequence[tuple[list[str], int]], 
             last.n += 1
             last.s = wrap64(last.s + h)
             last.h = (last.h or "") + short_hash(h)
-            last.c = max(last.c, now)
 
 
 def check_budget(segments: Sequence[Segment], now: float) -> int:
