@@ -72,8 +72,12 @@ MAX_CHECK_ELAPSED = 600.0
 """Seconds since the previous poll counted at most towards the check budget."""
 
 
+_SHORT_MASK = (1 << (4 * HASH_HEX)) - 1
+_SHORT_FORMAT = f"%0{HASH_HEX}x"
+
+
 def short_hash(h: int) -> str:
-    return format(h & ((1 << (4 * HASH_HEX)) - 1), f"0{HASH_HEX}x")
+    return _SHORT_FORMAT % (h & _SHORT_MASK)
 
 
 def wrap64(value: int) -> int:
@@ -174,15 +178,27 @@ def append_rows(segments: list[Segment], rows: Sequence[tuple[list[str], int]], 
     for start in range(0, len(coarse), COARSE_ROWS):
         chunk = coarse[start : start + COARSE_ROWS]
         segments.append(Segment(hi=list(chunk[-1][0]), n=len(chunk), s=wrap64(sum(h for _, h in chunk)), b=now, c=now))
-    for pos, h in exact:
-        last = segments[-1] if segments else None
-        if last is None or not last.exact or last.p is not None or last.n >= SEGMENT_ROWS:
-            segments.append(Segment(hi=list(pos), n=1, s=wrap64(h), h=short_hash(h), b=now, c=now))
-        else:
-            last.hi = list(pos)
-            last.n += 1
-            last.s = wrap64(last.s + h)
-            last.h = (last.h or "") + short_hash(h)
+    start = 0
+    last = segments[-1] if segments else None
+    if exact and last is not None and last.exact and last.p is None and last.n < SEGMENT_ROWS:
+        start = min(SEGMENT_ROWS - last.n, len(exact))
+        chunk = exact[:start]
+        last.hi = list(chunk[-1][0])
+        last.n += len(chunk)
+        last.s = wrap64(last.s + sum(h for _, h in chunk))
+        last.h = (last.h or "") + "".join([short_hash(h) for _, h in chunk])
+    for first in range(start, len(exact), SEGMENT_ROWS):
+        chunk = exact[first : first + SEGMENT_ROWS]
+        segments.append(
+            Segment(
+                hi=list(chunk[-1][0]),
+                n=len(chunk),
+                s=wrap64(sum(h for _, h in chunk)),
+                h="".join([short_hash(h) for _, h in chunk]),
+                b=now,
+                c=now,
+            )
+        )
 
 
 def check_budget(segments: Sequence[Segment], now: float) -> int:
