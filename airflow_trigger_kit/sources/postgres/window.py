@@ -20,10 +20,9 @@ that each row is checked a bounded number of times over its life in the window, 
   commits ``d`` seconds after rows later than it were read is therefore found within about ``d``
   seconds (at least :data:`FIRST_CHECK_SECONDS`, and later when checks are over budget); each row
   is checked about ``log2(age)`` times in all. Due checks take at most :data:`CHECK_ROWS_PER_POLL`
-  rows per poll (the most overdue first;
-  always at least one segment) or :data:`CHECK_ROWS_PER_SECOND` per second since the previous
-  poll, whichever is more: this bounds the cost of any one poll, and keeps a window checked through
-  however rarely the watch polls.
+  rows per poll (the most overdue first; always at least one segment) or
+  :data:`CHECK_ROWS_PER_SECOND` per second since the previous poll, whichever is more: this bounds
+  the cost of any one poll, and keeps a window checked through however rarely the watch polls.
 * a segment that leaves the window (its ``hi`` falls ``lookback`` behind the cursor) is checked in
   the very poll that drops it, whatever its schedule — this final check is what the guarantee rests
   on: a row committed after it has a value more than ``lookback`` older than its commit.
