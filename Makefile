@@ -52,6 +52,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_directories $(ARGS)
+	$(BIN)/python -m benchmarks.bench_postgres
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

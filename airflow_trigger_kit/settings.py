@@ -9,6 +9,17 @@ from airflow_trigger_kit.sources.base import JSON
 from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
 
 Mode = Literal["watcher", "sensor"]
+
+DEFAULT_BACKLOG_ITEMS = 5000
+"""The default ``backlog_max_items`` is ``10 * max_items`` up to this (never below ``max_items``)."""
+MAX_BACKLOG_ITEMS = 100_000
+"""The largest ``backlog_max_items`` accepted: an event carries its items (trigger event, XCom, asset event)."""
+
+
+def default_backlog_max_items(max_items: int) -> int:
+    return min(10 * max_items, max(max_items, DEFAULT_BACKLOG_ITEMS))
+
+
 StartFrom = Literal["now", "beginning"]
 
 
@@ -18,6 +29,7 @@ class CommonTriggerKwargs(TypedDict, total=False):
     mode: Mode
     start_from: StartFrom
     max_items: int
+    backlog_max_items: int | None
     cursor: JSON
     cursor_version: int
     retry_base_seconds: float
@@ -35,7 +47,12 @@ class WatchSettings:
     :param start_from: first run only: ``"now"`` reports only what appears later; ``"beginning"``
         reports what already exists.
     :param poll_interval: seconds between polls that found nothing.
-    :param max_items: most items in one event; the rest follow in the next events.
+    :param max_items: most items in one event while the watch is caught up; the rest follow in the
+        next events.
+    :param backlog_max_items: most items in one event while a backlog drains (a poll came back
+        full and the source has more): the batch then takes further pages, up to this many items.
+        Default: ``10 * max_items``, but no more than ``max(max_items, 5000)``; set it to
+        ``max_items`` to keep every event at ``max_items``.
     :param cursor: sensor mode: the cursor to start from (``None``: from the beginning).
     :param cursor_version: sensor mode: ProcessState version of ``cursor`` (0: none stored yet).
     :param retry_base_seconds: first backoff delay after a transient error.
@@ -48,6 +65,7 @@ class WatchSettings:
     start_from: StartFrom = "now"
     poll_interval: float = 5.0
     max_items: int = 500
+    backlog_max_items: int | None = None
     cursor: JSON = None
     cursor_version: int = 0
     retry_base_seconds: float = 1.0
@@ -68,6 +86,16 @@ class WatchSettings:
         _positive("retry_max_seconds", self.retry_max_seconds)
         if isinstance(self.max_items, bool) or not isinstance(self.max_items, int) or self.max_items < 1:
             raise ValueError(f"max_items must be an integer >= 1, got {self.max_items!r}")
+        if self.backlog_max_items is not None and (
+            isinstance(self.backlog_max_items, bool)
+            or not isinstance(self.backlog_max_items, int)
+            or not self.max_items <= self.backlog_max_items <= max(MAX_BACKLOG_ITEMS, self.max_items)
+        ):
+            raise ValueError(
+                f"backlog_max_items must be an integer from max_items ({self.max_items}) to "
+                f"{max(MAX_BACKLOG_ITEMS, self.max_items)}, "
+                f"got {self.backlog_max_items!r}"
+            )
         if isinstance(self.cursor_version, bool) or not isinstance(self.cursor_version, int) or self.cursor_version < 0:
             raise ValueError(f"cursor_version must be an integer >= 0, got {self.cursor_version!r}")
         if self.mode == "watcher" and (self.cursor is not None or self.cursor_version):
@@ -86,10 +114,19 @@ class WatchSettings:
             "retry_base_seconds": self.retry_base_seconds,
             "retry_max_seconds": self.retry_max_seconds,
         }
+        if self.backlog_max_items is not None:
+            kwargs["backlog_max_items"] = self.backlog_max_items
         if self.mode == "sensor":
             kwargs["cursor"] = self.cursor
             kwargs["cursor_version"] = self.cursor_version
         return kwargs
+
+    @property
+    def max_batch_items(self) -> int:
+        """The most items one event takes while a backlog drains (see ``backlog_max_items``)."""
+        if self.backlog_max_items is not None:
+            return self.backlog_max_items
+        return default_backlog_max_items(self.max_items)
 
     @staticmethod
     def max_cursor_bytes() -> int:

@@ -50,6 +50,7 @@ def postgres_asset(
     start_from: StartFrom = "now",
     poll_interval: float = 30.0,
     max_items: int = 500,
+    backlog_max_items: int | None = None,
     retry_base_seconds: float = 1.0,
     retry_max_seconds: float = 60.0,
     uri: str | None = None,
@@ -80,6 +81,7 @@ def postgres_asset(
         start_from=start_from,
         poll_interval=poll_interval,
         max_items=max_items,
+        backlog_max_items=backlog_max_items,
         retry_base_seconds=retry_base_seconds,
         retry_max_seconds=retry_max_seconds,
     )

@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable
 
 from airflow_trigger_kit import metrics
 from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
-from airflow_trigger_kit.sources.base import JSON, Batch, Source
+from airflow_trigger_kit.sources.base import JSON, Batch, Source, poll_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Channel:
         self.subscribers = 0
         self.polls = 0
         """Polls made through this channel (for tests and benchmarks)."""
-        self.running: dict[tuple[str, int], asyncio.Task[Batch]] = {}
+        self.running: dict[tuple[str, int, int], asyncio.Task[Batch]] = {}
         self.slots = asyncio.Semaphore(MAX_POLLS_PER_CHANNEL)
 
 
@@ -82,23 +82,26 @@ class ChannelHub:
         closing.add_done_callback(self._closing.discard)
 
     async def _tick(self, due: list[Waiter]) -> None:
-        groups: dict[tuple[Channel, str, int], list[Waiter]] = {}
+        groups: dict[tuple[Channel, str, int, int], list[Waiter]] = {}
         for waiter in due:
             channel: Channel = waiter.owner
-            groups.setdefault((channel, waiter.cursor_key or "", waiter.max_items), []).append(waiter)
-        for (channel, key, max_items), waiters in groups.items():
-            task = channel.running.get((key, max_items))
+            limits = (waiter.max_items, waiter.max_batch_items or waiter.max_items)
+            groups.setdefault((channel, waiter.cursor_key or "", *limits), []).append(waiter)
+        for (channel, key, max_items, max_batch_items), waiters in groups.items():
+            poll_key = (key, max_items, max_batch_items)
+            task = channel.running.get(poll_key)
             if task is None:
-                task = asyncio.get_running_loop().create_task(self._poll(channel, waiters[0].cursor, max_items))
-                channel.running[(key, max_items)] = task
-                task.add_done_callback(functools.partial(_forget, channel, (key, max_items)))
+                poll = self._poll(channel, waiters[0].cursor, max_items, max_batch_items)
+                task = asyncio.get_running_loop().create_task(poll)
+                channel.running[poll_key] = task
+                task.add_done_callback(functools.partial(_forget, channel, poll_key))
             task.add_done_callback(functools.partial(self._deliver, waiters=waiters))
 
-    async def _poll(self, channel: Channel, cursor: JSON, max_items: int) -> Batch:
+    async def _poll(self, channel: Channel, cursor: JSON, max_items: int, max_batch_items: int) -> Batch:
         async with channel.slots:
             channel.polls += 1
             metrics.incr("polls", source=channel.source.kind)
-            return await channel.source.poll(cursor, max_items)
+            return await poll_batch(channel.source, cursor, max_items, max_batch_items)
 
     def _deliver(self, task: asyncio.Task[Batch], *, waiters: list[Waiter]) -> None:
         if task.cancelled():
@@ -133,10 +136,12 @@ class ChannelSubscription:
     def source(self) -> Source:
         return self.channel.source
 
-    async def next_batch(self, cursor: JSON | None, max_items: int, poll_interval: float) -> Batch:
+    async def next_batch(
+        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
+    ) -> Batch:
         """Wait until the source reports items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor))
+        waiter = Waiter(cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor), max_batch_items)
         return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:
@@ -148,7 +153,7 @@ class ChannelSubscription:
             self.hub._release(self.channel)
 
 
-def _forget(channel: Channel, key: tuple[str, int], _: asyncio.Task[Batch]) -> None:
+def _forget(channel: Channel, key: tuple[str, int, int], _: asyncio.Task[Batch]) -> None:
     channel.running.pop(key, None)
 
 

@@ -53,6 +53,8 @@ from airflow_trigger_kit.sources.directory import (
 T = TypeVar("T")
 
 _NOTHING_NEW = object()
+CompareKey = tuple[DirectoryWatchConfig, tuple[int, ...], int, "int | None"]
+"""Waits compared alike: configuration, listing generations, ``max_items``, ``max_batch_items``."""
 MAX_SHARED_COMPARISONS = 4
 """Distinct cursors per configuration whose comparison a tick remembers for equal cursors."""
 MAX_QUIET_RESULTS = 4096
@@ -78,7 +80,9 @@ class DirectoryHub:
         self.listings = DirectoryListings()
         self._pending: collections.deque[Callable[[], object]] = collections.deque()
         self._drain: asyncio.Task[None] | None = None
-        self._quiet_results: dict[tuple[DirectoryWatchConfig, tuple[int, ...], int], list[tuple[JSON, Any]]] = {}
+        self._quiet_results: dict[
+            tuple[DirectoryWatchConfig, tuple[int, ...], int, int | None], list[tuple[JSON, Any]]
+        ] = {}
         self.ticker = Ticker(self._tick, "directories")
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.hops = 0
@@ -143,7 +147,7 @@ class DirectoryHub:
         refreshed: dict[ListingKey, tuple[Listing, bool] | BaseException] = {}
         now = time.time_ns()
         results: list[Any] = []
-        compared: dict[tuple[DirectoryWatchConfig, tuple[int, ...], int], list[tuple[JSON, Any]]] = {}
+        compared: dict[CompareKey, list[tuple[JSON, Any]]] = {}
         for waiter in due:
             sub: DirectorySubscription = waiter.owner
             for key in sub.keys:
@@ -164,7 +168,7 @@ class DirectoryHub:
             # from one baseline) get the same result: compare once, reuse it for the others. A result
             # that found nothing, with nothing settling, stays true until a listing changes, so it is
             # kept across ticks (keyed by the listings' generations).
-            memo_key = (sub.config, generations, waiter.max_items)
+            memo_key = (sub.config, generations, waiter.max_items, waiter.max_batch_items)
             same = compared.get(memo_key) or self._quiet_results.get(memo_key) or []
             found = next((r for c, r in same if c is waiter.cursor or c == waiter.cursor), None)
             if found is None:
@@ -191,6 +195,9 @@ class DirectoryHub:
             reused = {k.directory: refreshed[k][0] for k in sub.keys if not refreshed[k][1]}
             scans = [refreshed[k][0].view(sub.filter) for k in sub.keys]
             batch = detect(sub.config, cursor, scans, waiter.max_items, now_ns=now)
+            if batch.more and (waiter.max_batch_items or 0) > waiter.max_items:
+                # A backlog: take it in one large batch (the same comparison, a larger limit).
+                batch = detect(sub.config, cursor, scans, waiter.max_batch_items or 0, now_ns=now)
             if verify_reported(self.listings, batch, reused):
                 return batch, tuple(refreshed[k][0].generation for k in sub.keys)
             # A reported file changed since its (reused) listing: list those directories again.
@@ -211,10 +218,13 @@ class DirectorySubscription:
         self.closed = False
         self.source = DirectorySource(config)  # describe/describe_cursor; never polled
 
-    async def next_batch(self, cursor: JSON | None, max_items: int, poll_interval: float) -> Batch:
+    async def next_batch(
+        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
+    ) -> Batch:
         """Wait until the directories hold items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
-        return await self.hub.ticker.wait(Waiter(cursor, max_items, poll_interval, future, self))
+        waiter = Waiter(cursor, max_items, poll_interval, future, self, max_batch_items=max_batch_items)
+        return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:
         """A cursor after everything that exists and has settled now (from fresh listings)."""

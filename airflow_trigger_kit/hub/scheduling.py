@@ -49,6 +49,8 @@ class Waiter:
     """The subscription or channel the waiter belongs to (its poller reads it)."""
     cursor_key: str | None = None
     """The cursor's canonical text, where a poller groups waiters by cursor."""
+    max_batch_items: int | None = None
+    """Most items while a backlog drains (``None``: ``max_items``)."""
     due: float = 0.0
     busy: bool = False
     seen: tuple[int, ...] | None = None

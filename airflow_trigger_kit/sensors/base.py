@@ -30,7 +30,7 @@ from airflow_trigger_kit.commit import commit_watermark
 from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.retry import is_transient
 from airflow_trigger_kit.settings import StartFrom, WatchSettings
-from airflow_trigger_kit.sources.base import JSON, Batch, Source
+from airflow_trigger_kit.sources.base import JSON, Batch, Source, poll_batch
 from airflow_trigger_kit.state import ProcessState, StateConflict
 from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
@@ -46,6 +46,9 @@ class IncrementalSensor(BaseSensorOperator):
         for mapped tasks).
     :param start_from: ``"now"`` or ``"beginning"`` — what the very first run reports.
     :param max_items: most items returned by one run; the rest come with the next run.
+    :param backlog_max_items: most items one run returns while a backlog drains (its first page
+        came back full): default ``10 * max_items``, at most ``max(max_items, 5000)``; set it to
+        ``max_items`` to keep every run at ``max_items``.
     :param commit: ``"auto"`` commits the watermark when the sensor finishes; ``"manual"`` leaves it
         to :func:`~airflow_trigger_kit.commit.commit_watermark` in a downstream task.
     :param deferrable: defer to the triggerer while waiting (default: ``[operators]
@@ -67,6 +70,7 @@ class IncrementalSensor(BaseSensorOperator):
         state_name: str | None = None,
         start_from: StartFrom = "now",
         max_items: int = 500,
+        backlog_max_items: int | None = None,
         commit: Commit = "auto",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         retry_base_seconds: float = 1.0,
@@ -80,6 +84,7 @@ class IncrementalSensor(BaseSensorOperator):
         self.state_name = state_name
         self.start_from = start_from
         self.max_items = max_items
+        self.backlog_max_items = backlog_max_items
         self.commit = commit
         self.deferrable = deferrable
         self.retry_base_seconds = retry_base_seconds
@@ -112,6 +117,7 @@ class IncrementalSensor(BaseSensorOperator):
             start_from=self.start_from,
             poll_interval=float(self.poke_interval),
             max_items=self.max_items,
+            backlog_max_items=self.backlog_max_items,
             cursor=cursor,
             cursor_version=version,
             retry_base_seconds=self.retry_base_seconds,
@@ -146,7 +152,9 @@ class IncrementalSensor(BaseSensorOperator):
         try:
             cursor, version = await self._load_cursor(state, source)
             try:
-                batch: Batch = await source.poll(cursor, self.max_items)
+                batch: Batch = await poll_batch(
+                    source, cursor, trigger.settings.max_items, trigger.settings.max_batch_items
+                )
             except Exception as exc:
                 if not is_transient(exc):
                     raise AirflowException(f"{type(exc).__name__}: {exc}") from exc

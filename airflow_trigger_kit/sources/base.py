@@ -107,6 +107,29 @@ def take_in_order(
     return taken, False
 
 
+async def poll_batch(source: Source, cursor: JSON | None, max_items: int, max_batch_items: int) -> Batch:
+    """One batch for one event: a page of ``max_items``, grown while the source has a backlog.
+
+    When the first page comes back full with ``more`` (a backlog: rows that landed while the
+    watch was down, a burst), the batch takes further pages from its own cursor until it holds
+    ``max_batch_items`` items or the source is caught up. A merged batch keeps the contract: its
+    cursor (the last page's) covers exactly its items, in order. Taking large batches only while
+    there is a backlog keeps the per-event costs (the event itself, the state commit, the DAG run)
+    from dominating a catch-up, and keeps events small when the watch is current.
+    """
+    batch = await source.poll(cursor, max_items)
+    if not batch.more or max_batch_items <= max_items or not batch.items:
+        return batch
+    items = list(batch.items)
+    while batch.more and len(items) < max_batch_items:
+        page = await source.poll(batch.cursor, max_batch_items - len(items))
+        items.extend(page.items)
+        batch = Batch(items, page.cursor, more=page.more, stats=page.stats)
+        if not page.items:
+            break
+    return batch
+
+
 def stable_id(*parts: object) -> str:
     """A deterministic id for a change from the values that identify it."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).hexdigest()

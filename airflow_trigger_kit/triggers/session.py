@@ -32,7 +32,9 @@ class Subscription(Protocol):
     @property
     def source(self) -> Source: ...
 
-    async def next_batch(self, cursor: JSON | None, max_items: int, poll_interval: float) -> Batch: ...
+    async def next_batch(
+        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
+    ) -> Batch: ...
 
     async def baseline(self) -> JSON: ...
 
@@ -82,6 +84,9 @@ class WatchSession:
     async def next_batch(self, cursor: JSON | None) -> Batch:
         """Wait until the source reports items after ``cursor``; retry transient errors with backoff.
 
+        A backlog is taken in large batches (up to ``backlog_max_items``, see
+        :func:`~airflow_trigger_kit.sources.base.poll_batch`).
+
         Changes the source does not report (for example a modification when only ``created`` is
         watched) move the waiting cursor between polls; they are committed with the next batch.
         """
@@ -91,7 +96,9 @@ class WatchSession:
         failing_since: float | None = None
         while True:
             try:
-                batch = await self.subscription.next_batch(cursor, settings.max_items, settings.poll_interval)
+                batch = await self.subscription.next_batch(
+                    cursor, settings.max_items, settings.poll_interval, settings.max_batch_items
+                )
             except Exception as exc:
                 metrics.incr("failures", source=kind)
                 if not is_transient(exc):

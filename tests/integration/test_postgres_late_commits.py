@@ -1,4 +1,4 @@
-"""Late commits under load: 8 concurrent writers with random commit delays while three watches poll."""
+"""Late commits under load: 8 and 12 concurrent writers with random commit delays while three watches poll."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ async def writer(dsn: str, number: int, quota: int, rng: random.Random) -> None:
         await conn.close()
 
 
-async def test_eight_writers_with_random_commit_delays_skip_nothing(pg_db: PgDatabase) -> None:
+@pytest.mark.parametrize("writers", [WRITERS, 12], ids=["8-writers", "12-writers"])
+async def test_concurrent_writers_with_random_commit_delays_skip_nothing(pg_db: PgDatabase, writers: int) -> None:
     await execute(pg_db.dsn, ORDERS_DDL)
     watches = [
         Watch(
@@ -91,7 +92,7 @@ async def test_eight_writers_with_random_commit_delays_skip_nothing(pg_db: PgDat
         w.cursor = persisted(await w.source.baseline())
     started = time.monotonic()
     writing = asyncio.gather(
-        *(writer(pg_db.dsn, n, ROWS // WRITERS, random.Random(n)) for n in range(WRITERS)),
+        *(writer(pg_db.dsn, n, ROWS // writers, random.Random(n)) for n in range(writers)),
     )
 
     async def keep_polling(w: Watch) -> None:
@@ -108,9 +109,10 @@ async def test_eight_writers_with_random_commit_delays_skip_nothing(pg_db: PgDat
             await w.source.aclose()
     elapsed = time.monotonic() - started
 
-    expected = set(range(1, ROWS + 1))
-    assert await _count(pg_db.dsn) == ROWS
-    print(f"\n{WRITERS} writers inserted {ROWS} rows in {elapsed:.1f}s while three watches polled:")
+    total = ROWS // writers * writers
+    expected = set(range(1, total + 1))
+    assert await _count(pg_db.dsn) == total
+    print(f"\n{writers} writers inserted {total} rows in {elapsed:.1f}s while three watches polled:")
     results = {w.label: w.report(expected) for w in watches}
     default_skipped, default_dups = results[watches[0].label]
     xid_skipped, xid_dups = results[watches[1].label]
@@ -119,7 +121,7 @@ async def test_eight_writers_with_random_commit_delays_skip_nothing(pg_db: PgDat
     assert xid_skipped == 0 and xid_dups == 0, "the xid_column watch is exact"
     assert plain_skipped > 0, "the load must produce late commits, or this test proves nothing"
     assert watches[0].late > 0, "the lookback window found late rows"
-    assert default_dups <= ROWS
+    assert default_dups <= total
 
 
 async def _count(dsn: str) -> int:

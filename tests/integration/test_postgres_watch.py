@@ -329,8 +329,18 @@ async def test_a_stored_cursor_for_other_columns_is_refused(pg_db: PgDatabase) -
         await src.aclose()
 
 
-async def test_late_commits_deep_in_the_window_are_found_through_coarse_segments(pg_db: PgDatabase) -> None:
-    """Late rows older than the 1,024 exact row hashes: one is identified alone, two re-read their segment."""
+async def test_late_commits_deep_in_the_window_are_found_through_coarse_segments(
+    pg_db: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late rows older than the 1,024 exact row hashes: one is identified alone, two re-read their segment.
+
+    Coarse segments are checked on a schedule (about 1, 2, 4 ... s after their rows were read), so
+    the test moves the schedule's clock instead of waiting for it.
+    """
+    from airflow_trigger_kit.sources.postgres import watermark as watermark_module
+
+    clock = [time.time()]
+    monkeypatch.setattr(watermark_module, "wall_clock", lambda: clock[0])
     await execute(pg_db.dsn, ORDERS_DDL)
     src = source(pg_db.dsn, table="orders", watermark_columns=["updated_at"])
     slow_one, slow_two = await asyncpg.connect(pg_db.dsn), await asyncpg.connect(pg_db.dsn)
@@ -349,10 +359,12 @@ async def test_late_commits_deep_in_the_window_are_found_through_coarse_segments
         assert cursor["seg"][0].get("h") is None, "the oldest part of the window is coarse"
 
         await tx_one.commit()
+        clock[0] += 2  # the coarse segments come due
         items, cursor, _ = await drain(src, cursor, max_items=20)
         assert [(i.data["row"]["customer"], i.data["late"]) for i in items] == [("slow-1", True)]
 
         await tx_two.commit()
+        clock[0] += 4  # and due again
         items, cursor, batches = await drain(src, cursor, max_items=20)
         reported = Counter(ids(items))
         assert {2, 3} <= set(reported), "both late rows are reported"

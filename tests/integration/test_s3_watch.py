@@ -82,7 +82,7 @@ async def test_restart_resumes_from_the_committed_cursor_without_refiring(s3_end
     bucket = unique_bucket("restart")
     await create_bucket(s3_endpoint, bucket, [f"in/{n}.csv" for n in range(5)])
     name = unique_name()
-    first = watcher(bucket, name, prefixes="in/", start_from="beginning", max_items=3)
+    first = watcher(bucket, name, prefixes="in/", start_from="beginning", max_items=3, backlog_max_items=3)
     state = ProcessState("s3-watch-tests", name)
 
     producer = WatermarkProducer(first, state=state)

@@ -189,6 +189,7 @@ TRIGGER_CASES: list[dict[str, Any]] = [
         "start_from": "beginning",
         "poll_interval": 2,
         "max_items": 50,
+        "backlog_max_items": 400,
         "retry_base_seconds": 0.5,
         "retry_max_seconds": 5,
     },
@@ -234,3 +235,68 @@ def test_watcher_shares_a_stream_keyed_by_identity() -> None:
     )
     sensor = PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", mode="sensor")
     assert not isinstance(sensor, BaseEventTrigger)  # a deferral trigger: no shared stream
+
+
+# -- query_change must only read (refused at DAG parse time where the text shows it) ------------------
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        (
+            "WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d",
+            "a data-modifying DELETE in a WITH clause",
+        ),
+        ("with x as materialized (insert into t values (1) returning 1) select 1", "a data-modifying INSERT in a WITH"),
+        (
+            "WITH u AS NOT MATERIALIZED (UPDATE t SET a = 1 RETURNING a) SELECT * FROM u",
+            "a data-modifying UPDATE in a WITH",
+        ),
+        ("WITH m AS (MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE) SELECT 1", "a data-modifying MERGE"),
+        ("WITH a AS (SELECT 1) DELETE FROM t", "a data-modifying DELETE statement after WITH"),
+        ("SELECT * INTO TEMP copy_of_orders FROM orders", "SELECT ... INTO (it creates a table)"),
+        ("SELECT id FROM orders FOR UPDATE", "a row lock"),
+        ("SELECT id FROM orders ORDER BY id FOR NO KEY UPDATE SKIP LOCKED", "a row lock"),
+        ("select id from orders for share", "a row lock"),
+        ("select id from orders for key share of orders", "a row lock"),
+    ],
+)
+def test_a_query_that_would_write_is_refused_at_parse_time(query: str, found: str) -> None:
+    from airflow_trigger_kit.sensors.postgres import PostgresRowsSensor
+
+    with pytest.raises(ValueError, match=r"query must not write: found " + re.escape(found)) as caught:
+        PostgresWatchConfig.create(detection="query_change", query=query)
+    assert query[:40] in str(caught.value), "the message quotes the query"
+    assert "READ ONLY transaction" in str(caught.value)
+    with pytest.raises(ValueError, match="query must not write"):
+        PostgresRowsTrigger(namespace="n", name="w", detection="query_change", query=query)
+    with pytest.raises(ValueError, match="query must not write"):
+        PostgresRowsSensor(task_id="t", detection="query_change", query=query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "select 'delete', \"update\" from t where note = 'for update' -- into",
+        "SELECT substring(note for 2), overlay(note placing 'x' from 1 for 1) FROM t",
+        "WITH u AS (SELECT 1 AS n) SELECT * FROM u",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+        "select $a$ into $a$ /* for update */ from t",
+        "VALUES (1), (2)",
+    ],
+)
+def test_reading_queries_that_mention_write_words_are_accepted(query: str) -> None:
+    assert PostgresWatchConfig.create(detection="query_change", query=query).query == query
+
+
+def test_backlog_batches_are_bounded_and_validated() -> None:
+    from airflow_trigger_kit.settings import WatchSettings
+
+    assert WatchSettings(namespace="n", name="w").max_batch_items == 5000
+    assert WatchSettings(namespace="n", name="w", max_items=1).max_batch_items == 10
+    assert WatchSettings(namespace="n", name="w", max_items=8000).max_batch_items == 8000
+    assert WatchSettings(namespace="n", name="w", max_items=10, backlog_max_items=10).max_batch_items == 10
+    with pytest.raises(
+        ValueError, match=r"backlog_max_items must be an integer from max_items \(500\) to 100000, got 20"
+    ):
+        WatchSettings(namespace="n", name="w", backlog_max_items=20)
+    with pytest.raises(ValueError, match="backlog_max_items must be an integer"):
+        PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", backlog_max_items=10**9)

@@ -239,3 +239,144 @@ def test_window_sums_stay_within_64_bits_and_still_identify_one_added_row() -> N
     import json
 
     json.dumps([seg.dump() for seg in segments])  # and the dump is plain JSON ints
+
+
+# -- the window's check schedule: cost follows what is new ---------------------------------------------
+def test_large_pages_go_straight_to_coarse_segments_and_keep_every_row() -> None:
+    from airflow_trigger_kit.sources.postgres import COARSE_ROWS
+
+    segments: list[Segment] = []
+    page = rows(1, COARSE_ROWS + MAX_EXACT_ROWS + 10)
+    append_rows(segments, page, now=100.0)
+    coarse = [s for s in segments if not s.exact]
+    assert [s.n for s in coarse] == [COARSE_ROWS, 10], "the part older than the exact rows, in coarse chunks"
+    assert sum(s.n for s in segments if s.exact) == MAX_EXACT_ROWS
+    assert sum(s.n for s in segments) == len(page)
+    assert wrap64(sum(s.s for s in segments)) == wrap64(sum(h for _, h in page))
+    assert all(s.b == 100.0 and s.c == 100.0 for s in segments), "born and verified when read"
+
+
+def test_coarse_segments_are_checked_on_a_geometric_schedule_within_a_budget() -> None:
+    from airflow_trigger_kit.sources.postgres import CHECK_ROWS_PER_POLL, FIRST_CHECK_SECONDS
+    from airflow_trigger_kit.sources.postgres.window import checks_for
+
+    exact = Segment(hi=["9"], n=3, s=0, h="0" * 30, b=0.5, c=10.0)
+    young = Segment(hi=["5"], n=1000, s=0, b=10.0, c=10.0)
+    old = Segment(hi=["3"], n=1000, s=0, b=0.0 + 1, c=9.0)  # born at 1, verified at 9: next due at 17
+    assert young.next_check() == 10.0 + FIRST_CHECK_SECONDS
+    assert old.next_check() == 17.0
+    window = [old, young, exact]
+    assert checks_for(window, now=10.5) == [False, False, True], "only the exact rows: nothing is due yet"
+    assert checks_for(window, now=11.0) == [False, True, True]
+    assert checks_for(window, now=17.0) == [True, True, True]
+    young.checked(11.0)
+    assert young.next_check() == 12.0 and young.is_due(12.0) and not young.is_due(11.9)
+    young.checked(12.0)
+    assert young.next_check() == 14.0, "the gap doubles with the segment's age"
+    # Over budget: the most overdue first, and always at least one segment.
+    big = [Segment(hi=[str(i)], n=CHECK_ROWS_PER_POLL, s=0, b=1.0, c=2.0 + i) for i in range(3)]
+    assert checks_for(big, now=100.0, budget=CHECK_ROWS_PER_POLL) == [True, False, False]
+    assert checks_for(big, now=100.0, budget=10) == [True, False, False]
+
+
+def test_the_check_budget_grows_with_the_time_since_the_previous_poll() -> None:
+    from airflow_trigger_kit.sources.postgres import CHECK_ROWS_PER_POLL
+    from airflow_trigger_kit.sources.postgres.window import CHECK_ROWS_PER_SECOND, check_budget
+
+    window = [Segment(hi=["1"], n=10, s=0, b=1.0, c=100.0)]
+    assert check_budget(window, now=100.1) == CHECK_ROWS_PER_POLL
+    assert check_budget(window, now=130.0) == 30 * CHECK_ROWS_PER_SECOND
+    assert check_budget([Segment(hi=["1"], n=10, s=0)], now=130.0) == CHECK_ROWS_PER_POLL, "an old cursor"
+
+
+def test_segments_of_older_cursors_are_due_at_once_and_then_scheduled() -> None:
+    loaded = Segment.load({"hi": ["1"], "n": 1, "s": 5})
+    assert (loaded.b, loaded.c) == (0.0, 0.0) and loaded.is_due(1_000.0)
+    loaded.checked(1_000.0)
+    assert loaded.b == 1_000.0 and loaded.next_check() == 1_001.0
+    assert Segment.load(json.loads(json.dumps(loaded.dump()))) == loaded
+    assert Segment(hi=["1"], n=1, s=0, b=5.0, c=2_000.0).is_due(1_000.0), "a clock that went back checks now"
+    with pytest.raises(ValueError, match="bad check times"):
+        Segment.load({"hi": ["1"], "n": 1, "s": 5, "c": "soon"})
+
+
+def test_merged_segments_keep_the_most_demanding_schedule() -> None:
+    segments = [Segment(hi=[str(i)], n=1, s=i, b=10.0 + i, c=20.0 - i) for i in range(MAX_SEGMENTS + 1)]
+    compact_window(None, segments)
+    assert len(segments) == MAX_SEGMENTS and segments[0].n == 2
+    assert (segments[0].b, segments[0].c) == (11.0, 19.0), "the younger birth, the older verification"
+
+
+# -- rows to items ------------------------------------------------------------------------------------------
+def test_the_fast_row_path_gives_the_documented_payload_and_dedup_id() -> None:
+    from airflow_trigger_kit.sources.base import stable_id
+    from airflow_trigger_kit.sources.postgres.plan import Plan
+    from airflow_trigger_kit.sources.postgres.rows import RowReader
+
+    plan = Plan(
+        relation='"public"."orders"',
+        selected=["id", "note", "amount", "at"],
+        order=["at", "id"],
+        key=["id"],
+        types=["timestamp with time zone", "bigint"],
+        selected_types=["bigint", "text", "numeric", "timestamp with time zone"],
+    )
+    at = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.timezone.utc)
+    record = (7, "a|b", decimal.Decimal("10.50"), at, "2026-03-01 10:00:00+00", "7", -42)
+    reader = RowReader(plan, "public.orders")
+    [row] = reader.rows([record])
+    assert (row.pos, row.hash) == (["2026-03-01 10:00:00+00", "7"], -42)
+    item = reader.item(row, late=True)
+    assert item.data == {
+        "kind": "row",
+        "table": "public.orders",
+        "row": {"id": 7, "note": "a|b", "amount": "10.50", "at": "2026-03-01T10:00:00+00:00"},
+        "key": {"id": "7"},
+        "watermark": {"at": "2026-03-01 10:00:00+00", "id": "7"},
+        "late": True,
+    }
+    from airflow_trigger_kit.sources.postgres import _joined
+
+    assert item.dedup_id == stable_id("postgres", "public.orders", _joined(["7"]), _joined(row.pos))
+    two_keys = RowReader(
+        Plan(relation="r", selected=["a"], order=["a", "b"], key=["a", "b"], types=["int", "int"]), "t"
+    )
+    [row2] = two_keys.rows([(1, "1", "2", 5)])
+    assert two_keys.item(row2).dedup_id == stable_id("postgres", "t", _joined(["1", "2"]), _joined(["1", "2"]))
+
+
+# -- backlogs are taken in large batches -------------------------------------------------------------------
+class _Numbers:
+    """A pure stand-in source over the numbers 1..total (cursor: the last number reported)."""
+
+    kind = "numbers"
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.pages: list[int] = []
+
+    async def poll(self, cursor: Any, max_items: int) -> Any:
+        from airflow_trigger_kit.sources.base import Batch, Item
+
+        self.pages.append(max_items)
+        start = cursor or 0
+        taken = list(range(start + 1, min(self.total, start + max_items) + 1))
+        return Batch(
+            [Item(str(n), {"n": n}) for n in taken], taken[-1] if taken else start, more=start + max_items < self.total
+        )
+
+
+async def test_a_backlog_is_taken_in_large_batches_up_to_the_bound() -> None:
+    from airflow_trigger_kit.sources.base import poll_batch
+
+    source = _Numbers(total=1234)
+    first = await poll_batch(source, None, 100, 1000)  # type: ignore[arg-type]
+    assert [i.data["n"] for i in first.items] == list(range(1, 1001)) and first.cursor == 1000 and first.more
+    assert source.pages == [100, 900], "a first page of max_items; then the rest of the bound at once"
+    rest = await poll_batch(source, first.cursor, 100, 1000)  # type: ignore[arg-type]
+    assert [i.data["n"] for i in rest.items] == list(range(1001, 1235)) and not rest.more
+    caught_up = _Numbers(total=50)
+    small = await poll_batch(caught_up, None, 100, 1000)  # type: ignore[arg-type]
+    assert len(small.items) == 50 and caught_up.pages == [100], "no backlog: one page"
+    off = _Numbers(total=1234)
+    assert len((await poll_batch(off, None, 100, 100)).items) == 100  # type: ignore[arg-type]
