@@ -34,6 +34,9 @@ class S3ObjectsTrigger(IncrementalTrigger):
     :param lookback_seconds: ``key_order="any"`` with ``created`` only: how far behind the newest
         object a late object (a multipart upload, whose LastModified is its start time) may be and
         still be reported. Set it above your longest upload.
+    :param legacy_bucket_name: accept a bucket name outside S3's current naming rules (a bucket
+        created before March 2018, or an S3-compatible store with other rules); by default
+        ``bucket`` must follow AWS's rules for general purpose (or directory) buckets.
     :param aws_conn_id: Airflow AWS connection, looked up when the trigger runs (``None``:
         botocore's default credential chain). A missing ``aws_default`` also means the default chain.
 
@@ -62,6 +65,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
         event_kinds: str | Sequence[str] = ("created",),
         key_order: str = "any",
         lookback_seconds: float = 3600,
+        legacy_bucket_name: bool = False,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
         poll_interval: float = 30.0,
         **common: Unpack[CommonTriggerKwargs],
@@ -75,6 +79,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
             event_kinds=event_kinds,
             key_order=key_order,
             lookback_seconds=lookback_seconds,
+            legacy_bucket_name=legacy_bucket_name,
         )
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
         settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)

@@ -94,7 +94,7 @@ def keys(items: Iterable) -> list[str]:
     [
         ({"bucket": ""}, "bucket must be a non-empty"),
         ({"bucket": "s3://data/landing/"}, "bucket must be a bare bucket name"),
-        ({"bucket": "a"}, "bucket must be 3-255"),
+        ({"bucket": "a"}, "bucket 'a' is not a valid S3 bucket name: it must be 3 to 63 characters long, not 1"),
         ({"bucket": "ok-bucket", "prefixes": []}, "prefixes must name at least one"),
         ({"bucket": "ok-bucket", "prefixes": ["a/", "a/"]}, "prefixes lists 'a/' twice"),
         ({"bucket": "ok-bucket", "prefixes": ["a/", "a/b/"]}, "prefixes 'a/' and 'a/b/' overlap"),

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_trigger_kit.sources.base import JSON
+from airflow_trigger_kit.sources.s3.naming import is_directory_bucket, validate_bucket_name, warn_about_prefix
 
 if TYPE_CHECKING:
     from airflow_trigger_kit.sources.s3.listing import S3Object
 
 EVENT_KINDS = ("created", "modified", "deleted")
 KEY_ORDERS = ("any", "lexicographic")
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class S3WatchConfig:
     event_kinds: tuple[str, ...] = ("created",)
     key_order: str = "any"
     lookback_seconds: int = 3600
+    legacy_bucket_name: bool = False
 
     @classmethod
     def create(
@@ -44,6 +45,7 @@ class S3WatchConfig:
         event_kinds: str | Sequence[str] = ("created",),
         key_order: str = "any",
         lookback_seconds: float = 3600,
+        legacy_bucket_name: bool = False,
     ) -> S3WatchConfig:
         if not isinstance(bucket, str) or not bucket:
             raise ValueError(f"bucket must be a non-empty bucket name, got {bucket!r}")
@@ -52,17 +54,17 @@ class S3WatchConfig:
                 f"bucket must be a bare bucket name (put the key part in prefixes), got {bucket!r}; "
                 "for 's3://my-bucket/landing/' use bucket='my-bucket', prefixes='landing/'"
             )
-        if not _BUCKET_RE.match(bucket):
-            raise ValueError(
-                f"bucket must be 3-255 characters of letters, digits, '.', '-' or '_' "
-                f"(starting and ending with a letter or digit), got {bucket!r}"
-            )
+        if not isinstance(legacy_bucket_name, bool):
+            raise ValueError(f"legacy_bucket_name must be True or False, got {legacy_bucket_name!r}")
+        validate_bucket_name(bucket, legacy=legacy_bucket_name)
         prefix_list = _string_list("prefixes", prefixes, allow_empty_string=True)
         if not prefix_list:
             raise ValueError("prefixes must name at least one prefix ('' watches the whole bucket), got []")
         for i, p in enumerate(prefix_list):
             if p in prefix_list[:i]:
                 raise ValueError(f"prefixes lists {p!r} twice")
+        for p in prefix_list:
+            warn_about_prefix(p)
         for a in prefix_list:
             for b in prefix_list:
                 if a != b and b.startswith(a):
@@ -91,6 +93,12 @@ class S3WatchConfig:
                 "lists only keys after its cursor, so it never sees an overwrite or a deletion of a key it "
                 "already passed; use event_kinds=['created'] or key_order='any'"
             )
+        if key_order == "lexicographic" and is_directory_bucket(bucket):
+            raise ValueError(
+                f"key_order='lexicographic' cannot watch the directory bucket {bucket!r}: S3 Express directory "
+                "buckets do not list keys in lexicographic order, so a StartAfter cursor would skip keys; "
+                "use key_order='any'"
+            )
         if (
             isinstance(lookback_seconds, bool)
             or not isinstance(lookback_seconds, (int, float))
@@ -112,6 +120,7 @@ class S3WatchConfig:
             event_kinds=kinds,
             key_order=key_order,
             lookback_seconds=int(lookback_seconds),
+            legacy_bucket_name=legacy_bucket_name,
         )
 
     def to_kwargs(self) -> dict[str, JSON]:
@@ -124,6 +133,8 @@ class S3WatchConfig:
             "event_kinds": list(self.event_kinds),
             "key_order": self.key_order,
             "lookback_seconds": self.lookback_seconds,
+            # Only when set, so the kwargs (and the trigger hash) of ordinary watches stay as they were.
+            **({"legacy_bucket_name": True} if self.legacy_bucket_name else {}),
         }
 
     @property
