@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from typing_extensions import Unpack
 
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID, aresolve_client_config
+from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
-from airflow_trigger_kit.sources.base import Source
+from airflow_trigger_kit.sources.base import JSON, Source
 from airflow_trigger_kit.sources.s3 import S3Source, S3WatchConfig
+from airflow_trigger_kit.sources.s3.snapshot_store import SnapshotSuperseded
+from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 
 
@@ -89,11 +92,48 @@ class S3ObjectsTrigger(IncrementalTrigger):
         )
 
     def build_source(self) -> Source:
+        namespace, name = self.namespace, self.name
         return S3Source(
             self.config,
             resolve_client=functools.partial(aresolve_client_config, self.aws_conn_id),
             conn_id=self.aws_conn_id,
+            chunk_store=lambda: ProcessStateChunkStore(ProcessState(namespace, name)),
         )
+
+
+class ProcessStateChunkStore:
+    """The snapshot layout's chunks in the watch's own ProcessState, next to its cursor.
+
+    Chunks are values under ``s3snap.*`` keys of the same namespace and name as the cursor, so
+    ``trigger-kit state reset`` clears them with it. See :mod:`airflow_trigger_kit.sources.s3.snapshot_memory`.
+    """
+
+    def __init__(self, state: ProcessState, cursor_key: str = CURSOR_KEY) -> None:
+        self.state = state
+        self.cursor_key = cursor_key
+        self.max_value_bytes = state.max_value_bytes
+
+    def describe(self) -> str:
+        return f"watch namespace={self.state.namespace!r} name={self.state.name!r}"
+
+    async def get_chunks(self, refs: Sequence[str]) -> dict[str, JSON]:
+        return await self.state.aget_many(refs)
+
+    async def put_chunks(self, values: Mapping[str, str]) -> None:
+        await self.state.aset_many(values)
+
+    async def delete_chunks(self, refs: Sequence[str]) -> int:
+        return await self.state.adelete_many(refs)
+
+    async def chunk_refs(self, prefix: str) -> list[str]:
+        return await self.state.alist_keys(prefix)
+
+    async def committed_cursor(self) -> tuple[JSON, int] | None:
+        entry = await self.state.aget(self.cursor_key)
+        return None if entry is None else (entry.value, entry.version)
+
+    def superseded(self, committed_version: int, detail: str) -> SnapshotSuperseded:
+        return SnapshotSuperseded(self.state.namespace, self.state.name, self.cursor_key, committed_version, detail)
 
 
 def validate_aws_conn_id(aws_conn_id: str | None) -> str | None:

@@ -40,18 +40,29 @@ Design and invariants (the cursor is what makes the watch exact, so read this be
     arrive one per second), plus ~60 bytes per prefix: the default 64 KiB state limit holds about
     6,000 objects landed within one ``lookback_seconds``.
   - ``key_order="any"`` with ``modified`` or ``deleted`` — *snapshot*: per prefix every tracked
-    object, ``{key: 6-byte BLAKE2b hash of its ETag}``, front-coded in key order, zlib-compressed
-    and base64-encoded. A key not in the snapshot is ``created``, a known key with another ETag
-    is ``modified``, a known key absent from the listing is ``deleted``. Exact without any time
-    reasoning (a late multipart upload is simply a new key). Size grows with the number of
-    matching objects (not with history): about 10.3 bytes per object for sequential or
-    date-partitioned keys (about 6,300 objects in 64 KiB), about 40 bytes for random keys such as
-    UUIDs (about 1,600); narrow it with ``glob``/``regex`` or raise
-    ``[trigger_kit] state_max_value_bytes``. Keys that stop matching a changed ``glob``/``regex``
-    leave the snapshot without being reported; an object shrinking below ``min_size`` likewise.
+    object, ``{key: 6-byte BLAKE2b hash of its ETag}``. A key not in the snapshot is
+    ``created``, a known key with another ETag is ``modified``, a known key absent from the
+    listing is ``deleted``. Exact without any time reasoning (a late multipart upload is simply a
+    new key). The per-key memory is **not in the cursor**: it is cut into content-defined chunks
+    (front-coded, zlib, base64; about 8 KiB of entries each) stored as values of their own next
+    to the cursor in the watch's ProcessState, listed by pages; the cursor holds per prefix the
+    page refs and a count, plus a generation ``g`` — about 130 bytes for one prefix, whatever
+    the number of objects. Chunks are written before the batch leaves the source, so a committed
+    cursor always names stored chunks; unchanged chunks keep their refs, so a change rewrites
+    only the chunks it touches; chunks no committable cursor can reference are deleted by
+    generation. Design, invariants and crash behaviour:
+    :mod:`~airflow_trigger_kit.sources.s3.snapshot_chunks` and
+    :mod:`~airflow_trigger_kit.sources.s3.snapshot_memory`. Stored size: about 11 bytes per
+    object for sequential or date-partitioned keys, about 41 for random keys such as UUIDs
+    (100,000 UUID keys: 4.1 MB in ~720 values, none over 24 KB). Keys that stop matching a
+    changed ``glob``/``regex`` leave the snapshot without being reported; an object shrinking
+    below ``min_size`` likewise.
 
 * **Cost per poll.** lexicographic: one LIST request per prefix when nothing is new (plus one per
-  1,000 new keys); any: ``ceil(objects under the prefix / 1000)`` LIST requests per prefix.
+  1,000 new keys); any: ``ceil(objects under the prefix / 1000)`` LIST requests per prefix. The
+  snapshot layout adds no state request to an idle poll once its chunks are loaded (one bulk
+  read when a source starts), one state read while its newest cursor is not committed yet, and
+  one bulk write of the touched chunks and pages per poll that found changes.
 * **Truncation.** Candidates are ordered by ``(LastModified, prefix, key)`` (deletions last); the
   first ``max_items`` are reported and the cursor moves only past them (and past changes before
   them that are not reported), so the rest come next. In the lexicographic layout each prefix
@@ -68,11 +79,13 @@ Design and invariants (the cursor is what makes the watch exact, so read this be
   (``EndpointConnectionError``, timeouts, closed connections) raise
   :class:`~airflow_trigger_kit.sources.base.TransientSourceError` and are retried with backoff.
 
-Modules: ``config`` (parameters and their validation), ``listing`` (ListObjectsV2 pages to
-objects), ``encodings`` (varints, hashes, packed edges and snapshots), ``cursor`` (envelope and
-validation), ``changes`` (a detected change and its item), ``detect`` with one ``detect_*``
-module per layout, ``errors`` (permanent or transient), ``source`` (:class:`S3Source`). Every name
-other modules use is re-exported here.
+Modules: ``config`` (parameters and their validation), ``naming`` (bucket naming rules, prefix
+warnings), ``listing`` (ListObjectsV2 pages to objects), ``encodings`` (varints, hashes, packed
+edges and snapshot entries), ``cursor`` (envelope and validation), ``changes`` (a detected change
+and its item), ``detect`` with one ``detect_*`` module per layout, ``snapshot_chunks`` (the
+snapshot's content-defined chunks), ``snapshot_store`` (where chunks live), ``snapshot_memory``
+(loading, storing and collecting chunks per poll), ``errors`` (permanent or transient),
+``source`` (:class:`S3Source`). Every name other modules use is re-exported here.
 """
 
 from __future__ import annotations

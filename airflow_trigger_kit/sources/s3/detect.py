@@ -1,4 +1,9 @@
-"""Detection (pure: listings and cursor in, items and cursor out), dispatched by cursor layout."""
+"""Detection of the layouts whose memory is the cursor alone (pure: listings and cursor in, items and cursor out).
+
+The snapshot layout keeps its memory in chunks outside the cursor: see
+:class:`~airflow_trigger_kit.sources.s3.snapshot_memory.SnapshotMemory` and
+:func:`~airflow_trigger_kit.sources.s3.detect_snapshot.detect_snapshot`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from collections.abc import Sequence
 from airflow_trigger_kit.sources.base import JSON, Batch
 from airflow_trigger_kit.sources.s3.config import S3WatchConfig
 from airflow_trigger_kit.sources.s3.detect_lexicographic import detect_lexicographic
-from airflow_trigger_kit.sources.s3.detect_snapshot import detect_snapshot
 from airflow_trigger_kit.sources.s3.detect_window import detect_window
 from airflow_trigger_kit.sources.s3.listing import PrefixListing
 
@@ -26,4 +30,7 @@ def detect(
         return detect_lexicographic(config, cursor, listings, max_items)
     if config.layout == "window":
         return detect_window(config, cursor, listings, max_items)
-    return detect_snapshot(config, cursor, listings, max_items)
+    raise ValueError(
+        "the snapshot layout (event_kinds with 'modified' or 'deleted') keeps its memory in chunks outside the "
+        "cursor: detect through SnapshotMemory.detect"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from collections.abc import Sequence
 
 EDGE_HASH_BYTES = 8
 SNAPSHOT_HASH_BYTES = 6
@@ -80,27 +81,42 @@ def decode_edge(floor: int, text: str) -> dict[int, set[bytes]]:
 
 def encode_snapshot(known: dict[str, bytes]) -> str:
     """``{key: etag hash}`` -> base64(zlib(front-coded keys, each followed by its hash)), in key order."""
-    out = bytearray()
-    previous = b""
-    for key in sorted(known):
-        raw = key.encode("utf-8")
-        shared = 0
-        limit = min(len(raw), len(previous))
-        while shared < limit and raw[shared] == previous[shared]:
-            shared += 1
-        _varint(shared, out)
-        _varint(len(raw) - shared, out)
-        out += raw[shared:]
-        out += known[key]
-        previous = raw
-    return base64.b64encode(zlib.compress(bytes(out), 9)).decode("ascii")
+    keys = sorted(known)
+    return encode_entries(keys, [known[k] for k in keys])
 
 
 def decode_snapshot(text: str) -> dict[str, bytes]:
+    keys, hashes = decode_entries(text)
+    return dict(zip(keys, hashes, strict=True))
+
+
+def encode_entries(keys: Sequence[str], hashes: Sequence[bytes]) -> str:
+    """Sorted ``keys`` with their ETag hashes -> base64(zlib(front-coded entries)).
+
+    Each entry is ``varint(bytes shared with the previous key), varint(rest length), rest, hash``,
+    so at most ``len(key) + 4 + SNAPSHOT_HASH_BYTES`` bytes before compression (keys are at most
+    1,024 bytes, so each varint takes at most two bytes).
+    """
+    out = bytearray()
+    previous = b""
+    for key, h in zip(keys, hashes, strict=True):
+        raw = key.encode("utf-8")
+        shared = _shared_prefix(raw, previous)
+        _varint(shared, out)
+        _varint(len(raw) - shared, out)
+        out += raw[shared:]
+        out += h
+        previous = raw
+    return base64.b64encode(zlib.compress(bytes(out), 6)).decode("ascii")
+
+
+def decode_entries(text: str) -> tuple[list[str], list[bytes]]:
+    """The inverse of :func:`encode_entries`: the keys (in the order encoded) and their hashes."""
     data = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True))
-    known: dict[str, bytes] = {}
-    pos, previous = 0, b""
-    while pos < len(data):
+    keys: list[str] = []
+    hashes: list[bytes] = []
+    pos, previous, size = 0, b"", len(data)
+    while pos < size:
         shared, pos = _read_varint(data, pos)
         length, pos = _read_varint(data, pos)
         raw = previous[:shared] + data[pos : pos + length]
@@ -109,6 +125,31 @@ def decode_snapshot(text: str) -> dict[str, bytes]:
         if len(h) != SNAPSHOT_HASH_BYTES:
             raise ValueError("truncated snapshot")
         pos += SNAPSHOT_HASH_BYTES
-        known[raw.decode("utf-8")] = h
+        keys.append(raw.decode("utf-8"))
+        hashes.append(h)
         previous = raw
-    return known
+    return keys, hashes
+
+
+def encode_refs(refs: Sequence[str]) -> str:
+    """A list of chunk references (ASCII, no newlines) -> base64(zlib(newline-joined))."""
+    return base64.b64encode(zlib.compress("\n".join(refs).encode("ascii"), 6)).decode("ascii")
+
+
+def decode_refs(text: str) -> list[str]:
+    data = zlib.decompress(base64.b64decode(text.encode("ascii"), validate=True)).decode("ascii")
+    return data.split("\n") if data else []
+
+
+def _shared_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (binary search on slices: C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

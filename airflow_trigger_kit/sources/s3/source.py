@@ -16,6 +16,8 @@ from airflow_trigger_kit.sources.s3.detect import detect
 from airflow_trigger_kit.sources.s3.detect_window import stored_floor
 from airflow_trigger_kit.sources.s3.errors import classify_error
 from airflow_trigger_kit.sources.s3.listing import LIST_CONCURRENCY, PrefixListing, S3Object, list_prefix
+from airflow_trigger_kit.sources.s3.snapshot_memory import SnapshotMemory
+from airflow_trigger_kit.sources.s3.snapshot_store import ChunkStore
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +30,25 @@ class S3Source(Source):
     :param resolve_client: returns the client settings; called once, on the first poll, so the
         connection is looked up at run time (never at DAG parse time, never serialized).
     :param conn_id: the connection id, for error messages and logs.
+    :param chunk_store: returns where the snapshot layout keeps its chunks (the watch's own
+        ProcessState, next to its cursor); called on the first snapshot poll. Required for
+        ``event_kinds`` with ``modified`` or ``deleted``, unused otherwise.
     """
 
     kind = "s3"
 
-    def __init__(self, config: S3WatchConfig, resolve_client: ClientConfigResolver, conn_id: str | None) -> None:
+    def __init__(
+        self,
+        config: S3WatchConfig,
+        resolve_client: ClientConfigResolver,
+        conn_id: str | None,
+        chunk_store: Callable[[], ChunkStore] | None = None,
+    ) -> None:
         self.config = config
         self._resolve_client = resolve_client
         self.conn_id = conn_id
+        self._chunk_store = chunk_store
+        self._memory: SnapshotMemory | None = None
         self._client: Any = None
         self._client_config: AwsClientConfig | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -157,9 +170,23 @@ class S3Source(Source):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    @property
+    def memory(self) -> SnapshotMemory:
+        """The snapshot layout's chunk memory of this run (created on first use)."""
+        if self._memory is None:
+            if self._chunk_store is None:
+                raise PermanentSourceError(
+                    f"{self.describe()}: event_kinds {list(self.config.event_kinds)} keep a snapshot of every "
+                    "object in chunks next to the cursor, but this source was built without a chunk store"
+                )
+            self._memory = SnapshotMemory(self._chunk_store())
+        return self._memory
+
     async def _detect(self, cursor: dict[str, JSON], listings: list[PrefixListing], max_items: int) -> Batch:
         if self.config.layout == "lexicographic":
             return detect(self.config, cursor, listings, max_items)
+        if self.config.layout == "snapshot":
+            return await self.memory.detect(self.config, cursor, listings, max_items)
         # Comparing thousands of objects and (de)compressing the cursor is CPU work: keep it off the loop.
         return await asyncio.to_thread(detect, self.config, cursor, listings, max_items)
 
@@ -172,6 +199,10 @@ class S3Source(Source):
 
     async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
         current = empty_cursor(self.config) if cursor is None else check_cursor(self.config, cursor)
+        if self.config.layout == "snapshot":
+            # Load first: a cursor that lost its chunks to a newer commit fails before any listing.
+            await self.memory.load(self.config, current)
+            await self.memory.collect_garbage(current)
         listings = await self._list_all(current, max_items)
         batch = await self._detect(current, listings, max_items)
         log.debug(
@@ -197,5 +228,5 @@ class S3Source(Source):
                     "edge": state.get("n"),
                 }
             elif isinstance(state, dict):
-                summary[prefix] = {"tracked": state.get("n")}
+                summary[prefix] = {"tracked": state.get("n"), "pages": len(state.get("m") or [])}
         return summary
