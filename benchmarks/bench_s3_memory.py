@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="trigger-kit-bench-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Hundreds of triggers log every poll at INFO; the table is what this prints.
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 from benchmarks.s3_server import CountingS3, counting_s3_server, random_keys
 
