@@ -170,14 +170,9 @@ class SQLiteBackend(StateBackend):
     async def get_many(self, namespace: str, name: str, keys: Sequence[str]) -> dict[str, Any]:
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
             found: dict[str, Any] = {}
-            for start in range(0, len(keys), MAX_VARIABLES):
-                part = list(keys[start : start + MAX_VARIABLES])
-                rows = conn.execute(
-                    f"SELECT key, value FROM {self.table} WHERE namespace = ? AND name = ? "
-                    f"AND key IN ({', '.join('?' * len(part))})",
-                    (namespace, name, *part),
-                ).fetchall()
-                found.update((key, json.loads(value)) for key, value in rows)
+            for in_list, params in _in_lists(namespace, name, keys):
+                sql = f"SELECT key, value FROM {self.table} WHERE namespace = ? AND name = ? AND key IN ({in_list})"
+                found.update((key, json.loads(value)) for key, value in conn.execute(sql, params).fetchall())
             return found
 
         return await self._run(op)
@@ -207,14 +202,9 @@ class SQLiteBackend(StateBackend):
     async def delete_many(self, namespace: str, name: str, keys: Sequence[str]) -> int:
         def op(conn: sqlite3.Connection) -> int:
             deleted = 0
-            for start in range(0, len(keys), MAX_VARIABLES):
-                part = list(keys[start : start + MAX_VARIABLES])
-                cur = conn.execute(
-                    f"DELETE FROM {self.table} WHERE namespace = ? AND name = ? "
-                    f"AND key IN ({', '.join('?' * len(part))})",
-                    (namespace, name, *part),
-                )
-                deleted += cur.rowcount
+            for in_list, params in _in_lists(namespace, name, keys):
+                sql = f"DELETE FROM {self.table} WHERE namespace = ? AND name = ? AND key IN ({in_list})"
+                deleted += conn.execute(sql, params).rowcount
             return deleted
 
         return await self._run(op)
@@ -231,6 +221,15 @@ class SQLiteBackend(StateBackend):
 
     async def aclose(self) -> None:
         """Nothing is bound to an event loop; connections live as long as the backend."""
+
+
+def _in_lists(namespace: str, name: str, keys: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """``(placeholders, parameters)`` per batch of at most MAX_VARIABLES keys of one process."""
+    batches = []
+    for start in range(0, len(keys), MAX_VARIABLES):
+        part = tuple(keys[start : start + MAX_VARIABLES])
+        batches.append((", ".join("?" * len(part)), (namespace, name, *part)))
+    return batches
 
 
 def _entry(row: tuple[str, int, str, str]) -> StateEntry:
