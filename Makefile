@@ -53,6 +53,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_directories $(ARGS)
 	$(BIN)/python -m benchmarks.bench_postgres
+	$(BIN)/python -m benchmarks.bench_s3_memory $(ARGS)
+	$(BIN)/python -m benchmarks.bench_s3_waits $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

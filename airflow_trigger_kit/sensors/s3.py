@@ -16,7 +16,7 @@ class S3ObjectsSensor(IncrementalSensor):
 
     Parameters as :class:`~airflow_trigger_kit.triggers.s3.S3ObjectsTrigger` (``bucket``,
     ``prefixes``, ``glob``, ``regex``, ``min_size``, ``event_kinds``, ``key_order``,
-    ``lookback_seconds``, ``aws_conn_id``) plus those of
+    ``lookback_seconds``, ``legacy_bucket_name``, ``aws_conn_id``) plus those of
     :class:`~airflow_trigger_kit.sensors.base.IncrementalSensor`. ``bucket``, ``prefixes``,
     ``glob`` and ``regex`` are templated. ``poke_interval`` is also the trigger's polling interval:
     each poll costs one LIST request per prefix (``key_order="lexicographic"``) or one per 1,000
@@ -40,6 +40,7 @@ class S3ObjectsSensor(IncrementalSensor):
         event_kinds: str | Sequence[str] = ("created",),
         key_order: str = "any",
         lookback_seconds: float = 3600,
+        legacy_bucket_name: bool = False,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -52,6 +53,7 @@ class S3ObjectsSensor(IncrementalSensor):
         self.event_kinds = event_kinds
         self.key_order = key_order
         self.lookback_seconds = lookback_seconds
+        self.legacy_bucket_name = legacy_bucket_name
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
         if not any(_templated(v) for v in (bucket, prefixes, glob, regex)):
             self.source_kwargs()  # validate at DAG parse time
@@ -66,6 +68,7 @@ class S3ObjectsSensor(IncrementalSensor):
             event_kinds=self.event_kinds,
             key_order=self.key_order,
             lookback_seconds=self.lookback_seconds,
+            legacy_bucket_name=self.legacy_bucket_name,
         )
         return {**config.to_kwargs(), "aws_conn_id": self.aws_conn_id}
 

@@ -8,6 +8,7 @@ single statement, so two writers can never both win the same version.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow_trigger_kit._sync import close_on_exit, run_sync
@@ -90,6 +91,31 @@ class ProcessState:
     async def aclear(self) -> int:
         """Delete every key of this process (rewinds a watcher to its start); return the count."""
         return await self.backend.clear(self.namespace, self.name)
+
+    # -- bulk, for values kept in many keys (no compare-and-set) --------------------------------
+    async def aget_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The values of those of ``keys`` that exist, in one read (missing keys are absent)."""
+        for key in keys:
+            validate_id("key", key)
+        return await self.backend.get_many(self.namespace, self.name, keys) if keys else {}
+
+    async def aset_many(self, values: Mapping[str, Any]) -> None:
+        """Write every ``key -> value`` unconditionally, in one transaction on the built-in backends."""
+        encoded = {
+            validate_id("key", key): encode_value(key, value, self.max_value_bytes) for key, value in values.items()
+        }
+        if encoded:
+            await self.backend.put_many(self.namespace, self.name, encoded, updated_by=self.updated_by)
+
+    async def adelete_many(self, keys: Sequence[str]) -> int:
+        """Delete those of ``keys`` that exist; return how many did."""
+        for key in keys:
+            validate_id("key", key)
+        return await self.backend.delete_many(self.namespace, self.name, keys) if keys else 0
+
+    async def alist_keys(self, prefix: str = "") -> list[str]:
+        """The keys of this process starting with ``prefix``, sorted, without reading their values."""
+        return list(await self.backend.list_keys(self.namespace, self.name, prefix))
 
     async def aclose(self) -> None:
         await self.backend.aclose()

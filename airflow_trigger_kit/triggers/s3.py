@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 from typing_extensions import Unpack
 
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID, aresolve_client_config
+from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
-from airflow_trigger_kit.sources.base import Source
+from airflow_trigger_kit.sources.base import JSON, Source
 from airflow_trigger_kit.sources.s3 import S3Source, S3WatchConfig
+from airflow_trigger_kit.sources.s3.snapshot_store import SnapshotSuperseded
+from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 
 
@@ -34,6 +37,9 @@ class S3ObjectsTrigger(IncrementalTrigger):
     :param lookback_seconds: ``key_order="any"`` with ``created`` only: how far behind the newest
         object a late object (a multipart upload, whose LastModified is its start time) may be and
         still be reported. Set it above your longest upload.
+    :param legacy_bucket_name: accept a bucket name outside S3's current naming rules (a bucket
+        created before March 2018, or an S3-compatible store with other rules); by default
+        ``bucket`` must follow AWS's rules for general purpose (or directory) buckets.
     :param aws_conn_id: Airflow AWS connection, looked up when the trigger runs (``None``:
         botocore's default credential chain). A missing ``aws_default`` also means the default chain.
 
@@ -62,6 +68,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
         event_kinds: str | Sequence[str] = ("created",),
         key_order: str = "any",
         lookback_seconds: float = 3600,
+        legacy_bucket_name: bool = False,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
         poll_interval: float = 30.0,
         **common: Unpack[CommonTriggerKwargs],
@@ -75,6 +82,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
             event_kinds=event_kinds,
             key_order=key_order,
             lookback_seconds=lookback_seconds,
+            legacy_bucket_name=legacy_bucket_name,
         )
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
         settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
@@ -83,12 +91,58 @@ class S3ObjectsTrigger(IncrementalTrigger):
             settings=settings,
         )
 
+    def source_identity(self) -> Hashable:
+        """Watches of equal parameters share one source in the hub; with the snapshot layout, only
+        watches of the same namespace and name do, since that layout keeps per-key memory in the
+        watch's own ProcessState (see :mod:`airflow_trigger_kit.sources.s3.snapshot_memory`)."""
+        identity = super().source_identity()
+        if self.config.layout == "snapshot":
+            return (identity, self.namespace, self.name)
+        return identity
+
     def build_source(self) -> Source:
+        namespace, name = self.namespace, self.name
         return S3Source(
             self.config,
             resolve_client=functools.partial(aresolve_client_config, self.aws_conn_id),
             conn_id=self.aws_conn_id,
+            chunk_store=lambda: ProcessStateChunkStore(ProcessState(namespace, name)),
         )
+
+
+class ProcessStateChunkStore:
+    """The snapshot layout's chunks in the watch's own ProcessState, next to its cursor.
+
+    Chunks are values under ``s3snap.*`` keys of the same namespace and name as the cursor, so
+    ``trigger-kit state reset`` clears them with it. See :mod:`airflow_trigger_kit.sources.s3.snapshot_memory`.
+    """
+
+    def __init__(self, state: ProcessState, cursor_key: str = CURSOR_KEY) -> None:
+        self.state = state
+        self.cursor_key = cursor_key
+        self.max_value_bytes = state.max_value_bytes
+
+    def describe(self) -> str:
+        return f"watch namespace={self.state.namespace!r} name={self.state.name!r}"
+
+    async def get_chunks(self, refs: Sequence[str]) -> dict[str, JSON]:
+        return await self.state.aget_many(refs)
+
+    async def put_chunks(self, values: Mapping[str, str]) -> None:
+        await self.state.aset_many(values)
+
+    async def delete_chunks(self, refs: Sequence[str]) -> int:
+        return await self.state.adelete_many(refs)
+
+    async def chunk_refs(self, prefix: str) -> list[str]:
+        return await self.state.alist_keys(prefix)
+
+    async def committed_cursor(self) -> tuple[JSON, int] | None:
+        entry = await self.state.aget(self.cursor_key)
+        return None if entry is None else (entry.value, entry.version)
+
+    def superseded(self, committed_version: int, detail: str) -> SnapshotSuperseded:
+        return SnapshotSuperseded(self.state.namespace, self.state.name, self.cursor_key, committed_version, detail)
 
 
 def validate_aws_conn_id(aws_conn_id: str | None) -> str | None:

@@ -126,6 +126,38 @@ async def test_delete_list_clear_are_scoped(make_backend: BackendFactory) -> Non
     assert [(e.namespace, e.name, e.key) for e in listed] == [("ns", "b", "k1")]
 
 
+async def test_bulk_get_put_delete_and_key_listing_are_scoped(make_backend: BackendFactory) -> None:
+    """The bulk calls serve values kept in many keys (the S3 watch's snapshot chunks)."""
+    backend = make_backend()
+    a = ProcessState("ns", "a", backend=backend, max_value_bytes=200)
+    b = ProcessState("ns", "b", backend=backend)
+    keys = [f"chunk.{i:04d}" for i in range(1200)]  # more than one IN (...) list
+    await a.aset_many({k: f"value {k}" for k in keys})
+    await a.aset_many({"chunk.0000": {"rewritten": True}, "cursor": {"v": 1}})  # upsert: no compare-and-set
+    await b.aset("chunk.0001", "b's own")
+    assert await a.aset_many({}) is None and await a.aget_many([]) == {}
+    got = await a.aget_many([*keys[:3], "chunk.missing"])
+    assert got == {
+        "chunk.0000": {"rewritten": True},
+        "chunk.0001": "value chunk.0001",
+        "chunk.0002": "value chunk.0002",
+    }
+    assert len(await a.aget_many(keys)) == 1200
+    assert await a.alist_keys("chunk.") == keys
+    assert await a.alist_keys() == [*keys, "cursor"]
+    assert await a.alist_keys("chunk.00") == keys[:100]
+    entry = await a.aget("chunk.0000")
+    assert entry is not None and entry.version == 2  # a bulk write bumps versions like aset
+    assert await a.adelete_many([*keys[:700], "chunk.missing"]) == 700
+    assert await a.alist_keys("chunk.") == keys[700:]
+    assert await b.aget_many(["chunk.0001"]) == {"chunk.0001": "b's own"}
+    with pytest.raises(InvalidStateInput, match=r"over the limit of 200 bytes"):
+        await a.aset_many({"chunk.ok": "x", "chunk.big": "x" * 300})
+    assert await a.aget_many(["chunk.ok", "chunk.big"]) == {}  # nothing of a refused bulk write is stored
+    with pytest.raises(InvalidStateInput, match="key must be a non-empty string"):
+        await a.aget_many([""])
+
+
 async def test_value_size_limit_and_validation(make_backend: BackendFactory) -> None:
     state = ProcessState("ns", "limits", backend=make_backend(), max_value_bytes=100)
     await state.aset("small", "x" * 50)

@@ -312,3 +312,19 @@ def test_creating_clients_never_changes_the_default_retry_budget() -> None:
     asyncio.run(make_clients())
     assert DEFAULT_CONFIG["retries"] == {"mode": "standard", "max_attempts": 3}
     assert _aio_config(DEFAULT_CONFIG).retries == {"mode": "standard", "max_attempts": 3}
+
+
+def test_clients_share_one_aiobotocore_session_per_event_loop_and_profile() -> None:
+    """A new session reloads botocore's service model (~0.1 CPU s per client); 1,000 waits must not."""
+    import asyncio
+
+    from airflow_trigger_kit.aws_connection import shared_session
+
+    async def sessions() -> tuple[Any, Any, Any]:
+        return shared_session(None), shared_session(None), shared_session("analytics")
+
+    first, again, profiled = asyncio.run(sessions())
+    assert first is again and profiled is not first
+    assert profiled.get_config_variable("profile") == "analytics"
+    other_loop, _, _ = asyncio.run(sessions())
+    assert other_loop is not first  # credential refresh locks belong to one loop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -26,6 +27,8 @@ from airflow_trigger_kit.sources.s3 import (
     encode_snapshot,
     etag_hash,
 )
+from airflow_trigger_kit.sources.s3.snapshot_memory import SnapshotMemory
+from airflow_trigger_kit.sources.s3.snapshot_store import MemoryChunkStore
 
 pytestmark = pytest.mark.unit
 
@@ -58,13 +61,23 @@ def listing(prefix: str, objects: Iterable[S3Object], start_after: str | None = 
     )
 
 
+CHUNKS = MemoryChunkStore()
+"""Where snapshot-layout polls of this module keep their chunks (refs are random: tests never collide)."""
+
+
 def poll(config: S3WatchConfig, cursor: JSON | None, bucket: list[S3Object], max_items: int = 1000) -> Batch:
-    """One poll of ``bucket`` (a list of objects) from ``cursor``, as S3Source.poll does it."""
+    """One poll of ``bucket`` (a list of objects) from ``cursor``, as S3Source.poll does it.
+
+    Snapshot polls go through a fresh :class:`SnapshotMemory` each time, so every poll also loads
+    and decodes the chunks its cursor names, as a restarted trigger would.
+    """
     current = empty_cursor(config) if cursor is None else check_cursor(config, cursor)
     listings = []
     for prefix in config.prefixes:
         start_after = current["prefixes"].get(prefix) if config.layout == "lexicographic" else None
         listings.append(listing(prefix, bucket, start_after))
+    if config.layout == "snapshot":
+        return asyncio.run(SnapshotMemory(CHUNKS).detect(config, current, listings, max_items))
     return detect(config, current, listings, max_items)
 
 
@@ -94,7 +107,7 @@ def keys(items: Iterable) -> list[str]:
     [
         ({"bucket": ""}, "bucket must be a non-empty"),
         ({"bucket": "s3://data/landing/"}, "bucket must be a bare bucket name"),
-        ({"bucket": "a"}, "bucket must be 3-255"),
+        ({"bucket": "a"}, "bucket 'a' is not a valid S3 bucket name: it must be 3 to 63 characters long, not 1"),
         ({"bucket": "ok-bucket", "prefixes": []}, "prefixes must name at least one"),
         ({"bucket": "ok-bucket", "prefixes": ["a/", "a/"]}, "prefixes lists 'a/' twice"),
         ({"bucket": "ok-bucket", "prefixes": ["a/", "a/b/"]}, "prefixes 'a/' and 'a/b/' overlap"),
@@ -176,16 +189,18 @@ def test_window_cursor_size_is_about_eleven_bytes_per_object_in_the_window() -> 
     assert steady_size < 14 * 3600, steady_size
 
 
-def test_snapshot_cursor_size_for_date_partitioned_keys() -> None:
+def test_snapshot_cursor_stays_small_and_chunks_hold_about_ten_bytes_per_date_partitioned_key() -> None:
     config = S3WatchConfig.create(bucket="ok-bucket", prefixes="landing/", event_kinds="all")
     bucket = [
         obj(f"landing/2026/01/{d:02d}/events-{i:05d}.json", size=1000 + i) for d in range(1, 31) for i in range(150)
     ]  # 4,500 objects
+    before = set(CHUNKS.values)
     batch = poll(config, None, bucket, max_items=10_000)
     size = len(json.dumps(batch.cursor, separators=(",", ":")))
     assert len(batch.items) == 4500
-    assert size < 65536, size
-    assert size / 4500 < 14
+    assert size < 300, batch.cursor  # the per-key memory is in chunks, not in the cursor
+    stored = sum(len(CHUNKS.values[ref]) + 2 for ref in set(CHUNKS.values) - before)
+    assert stored / 4500 < 14, stored
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,6 +349,14 @@ def test_snapshot_created_modified_deleted_with_truncation() -> None:
     assert not again.items
 
 
+def test_snapshot_reports_a_deletion_and_a_creation_in_one_poll() -> None:
+    """As many keys listed as known, yet one of them is new and one is gone."""
+    config = S3WatchConfig.create(bucket="ok-bucket", prefixes="in/", event_kinds="all")
+    cursor = poll(config, None, [obj("in/a"), obj("in/b"), obj("in/c")]).cursor
+    batch = poll(config, cursor, [obj("in/a"), obj("in/b"), obj("in/d")])
+    assert [(i.data["kind"], i.data["key"]) for i in batch.items] == [("created", "in/d"), ("deleted", "in/c")]
+
+
 def test_snapshot_unreported_kinds_move_the_cursor_silently() -> None:
     config = S3WatchConfig.create(bucket="ok-bucket", prefixes="in/", event_kinds=["created", "deleted"])
     cursor = poll(config, None, [obj("in/a", etag="1"), obj("in/b")]).cursor
@@ -358,6 +381,9 @@ def test_snapshot_keys_no_longer_matching_a_changed_glob_leave_without_a_deletio
     batch = poll(narrow, cursor, [obj("in/a.csv")])
     assert batch.items == []
     assert batch.cursor["prefixes"]["in/"]["n"] == 1
+    # Widening the glob again: in/b.json is new to the snapshot now.
+    again = poll(broad, batch.cursor, [obj("in/a.csv"), obj("in/b.json")])
+    assert [(i.data["kind"], i.data["key"]) for i in again.items] == [("created", "in/b.json")]
 
 
 def test_dedup_ids_are_stable_and_distinguish_versions_and_kinds() -> None:

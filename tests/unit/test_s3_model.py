@@ -20,6 +20,7 @@ Checked after every drain (see :mod:`tests.model_support`):
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from hypothesis.stateful import initialize, rule, run_state_machine_as_test
 
 from airflow_trigger_kit.sources.base import Batch
 from airflow_trigger_kit.sources.s3 import PrefixListing, S3Object, S3WatchConfig, detect, empty_cursor
+from airflow_trigger_kit.sources.s3.snapshot_memory import SnapshotMemory
+from airflow_trigger_kit.sources.s3.snapshot_store import MemoryChunkStore
 from tests.model_support import CursorModel, model_settings
 
 pytestmark = pytest.mark.unit
@@ -59,6 +62,7 @@ class S3CursorModel(CursorModel):
     event_kinds: ClassVar[str | list[str]]
 
     def __init__(self) -> None:
+        self.chunks = MemoryChunkStore()
         super().__init__()
         self.config = S3WatchConfig.create(
             bucket=BUCKET,
@@ -128,7 +132,7 @@ class S3CursorModel(CursorModel):
         for prefix, name in existing:
             self.bucket[self.key_for(prefix, name)] = Obj(self.new_etag(), 0 if name.endswith("/") else 10, T0 - 3600)
         if start == "now":
-            batch = detect(self.config, self.cursor, self.listings(), 10**12)
+            batch = self.detect(10**12)
             self.cursor = json.loads(json.dumps(batch.cursor))
             for key, obj in self.bucket.items():
                 if self.counted(key, obj):
@@ -162,8 +166,16 @@ class S3CursorModel(CursorModel):
             del self.bucket[sorted(self.bucket)[pick % len(self.bucket)]]
 
     # -- the watch ---------------------------------------------------------------------------------------
+    def detect(self, max_items: int) -> Batch:
+        """One comparison of the listings with the cursor; the snapshot layout keeps its per-key memory in
+        chunks outside the cursor, here in memory, loaded afresh each time (as after a restart)."""
+        if self.layout != "snapshot":
+            return detect(self.config, self.cursor, self.listings(), max_items)
+        memory = SnapshotMemory(self.chunks)
+        return asyncio.run(memory.detect(self.config, self.cursor, self.listings(), max_items))
+
     def poll_once(self, max_items: int, *, crash: bool = False) -> Batch:
-        batch = detect(self.config, self.cursor, self.listings(), max_items)
+        batch = self.detect(max_items)
         assert len(batch.items) <= max_items
         for item in batch.items:
             kind, key, etag = str(item.data["kind"]), str(item.data["key"]), item.data["etag"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -185,6 +185,49 @@ class PostgresBackend(StateBackend):
             f"DELETE FROM {self.table} WHERE namespace = $1 AND name = $2 RETURNING 1", namespace, name
         )
         return len(rows)
+
+    async def get_many(self, namespace: str, name: str, keys: Sequence[str]) -> dict[str, Any]:
+        rows = await self._fetch(
+            f"SELECT key, value FROM {self.table} WHERE namespace = $1 AND name = $2 AND key = ANY($3::text[])",
+            namespace,
+            name,
+            list(keys),
+        )
+        return {r["key"]: json.loads(r["value"]) for r in rows}
+
+    async def put_many(self, namespace: str, name: str, values_json: Mapping[str, str], *, updated_by: str) -> None:
+        if not values_json:
+            return
+        await self._fetch(
+            f"INSERT INTO {self.table} AS t (namespace, name, key, value, version, updated_at, updated_by) "
+            "SELECT $1, $2, k, v, 1, now(), $5 FROM unnest($3::text[], $4::text[]) AS u(k, v) "
+            "ON CONFLICT (namespace, name, key) DO UPDATE SET value = excluded.value, version = t.version + 1, "
+            "updated_at = now(), updated_by = excluded.updated_by",
+            namespace,
+            name,
+            list(values_json),
+            list(values_json.values()),
+            updated_by,
+        )
+
+    async def delete_many(self, namespace: str, name: str, keys: Sequence[str]) -> int:
+        rows = await self._fetch(
+            f"DELETE FROM {self.table} WHERE namespace = $1 AND name = $2 AND key = ANY($3::text[]) RETURNING 1",
+            namespace,
+            name,
+            list(keys),
+        )
+        return len(rows)
+
+    async def list_keys(self, namespace: str, name: str, prefix: str = "") -> Sequence[str]:
+        rows = await self._fetch(
+            f"SELECT key FROM {self.table} WHERE namespace = $1 AND name = $2 AND left(key, length($3)) = $3 "
+            "ORDER BY key",
+            namespace,
+            name,
+            prefix,
+        )
+        return [r["key"] for r in rows]
 
     async def aclose(self) -> None:
         try:

@@ -13,11 +13,11 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from airflow_trigger_kit.state.backends.base import StateBackend
 from airflow_trigger_kit.state.model import (
@@ -30,6 +30,8 @@ from airflow_trigger_kit.state.model import (
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+MAX_VARIABLES = 500
+"""Keys bound in one ``IN (...)`` list (SQLite allows 999 variables in old builds)."""
 
 
 class SQLiteBackend(StateBackend):
@@ -165,8 +167,69 @@ class SQLiteBackend(StateBackend):
 
         return await self._run(op)
 
+    async def get_many(self, namespace: str, name: str, keys: Sequence[str]) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            found: dict[str, Any] = {}
+            for in_list, params in _in_lists(namespace, name, keys):
+                sql = f"SELECT key, value FROM {self.table} WHERE namespace = ? AND name = ? AND key IN ({in_list})"
+                found.update((key, json.loads(value)) for key, value in conn.execute(sql, params).fetchall())
+            return found
+
+        return await self._run(op)
+
+    async def put_many(self, namespace: str, name: str, values_json: Mapping[str, str], *, updated_by: str) -> None:
+        now = datetime.now(timezone.utc).isoformat()
+        rows = [(namespace, name, key, value, now, updated_by) for key, value in values_json.items()]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    f"INSERT INTO {self.table} (namespace, name, key, value, version, updated_at, updated_by) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (namespace, name, key) DO UPDATE SET "
+                    "value = excluded.value, version = version + 1, "
+                    "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                    rows,
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        if rows:
+            await self._run(op)
+
+    async def delete_many(self, namespace: str, name: str, keys: Sequence[str]) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            for in_list, params in _in_lists(namespace, name, keys):
+                sql = f"DELETE FROM {self.table} WHERE namespace = ? AND name = ? AND key IN ({in_list})"
+                deleted += conn.execute(sql, params).rowcount
+            return deleted
+
+        return await self._run(op)
+
+    async def list_keys(self, namespace: str, name: str, prefix: str = "") -> Sequence[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                f"SELECT key FROM {self.table} WHERE namespace = ? AND name = ? AND substr(key, 1, ?) = ? ORDER BY key",
+                (namespace, name, len(prefix), prefix),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(op)
+
     async def aclose(self) -> None:
         """Nothing is bound to an event loop; connections live as long as the backend."""
+
+
+def _in_lists(namespace: str, name: str, keys: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """``(placeholders, parameters)`` per batch of at most MAX_VARIABLES keys of one process."""
+    batches = []
+    for start in range(0, len(keys), MAX_VARIABLES):
+        part = tuple(keys[start : start + MAX_VARIABLES])
+        batches.append((", ".join("?" * len(part)), (namespace, name, *part)))
+    return batches
 
 
 def _entry(row: tuple[str, int, str, str]) -> StateEntry:
