@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from airflow_trigger_kit import metrics
+from airflow_trigger_kit import metrics, telemetry
 from airflow_trigger_kit.payload import CURSOR_KEY, build_payload, error_payload
 from airflow_trigger_kit.retry import Backoff, is_transient
 from airflow_trigger_kit.settings import WatchSettings
@@ -81,8 +81,11 @@ class IncrementalTrigger(BaseEventTrigger):
         failing_since: float | None = None
         while True:
             try:
+                poll_started = time.monotonic()
                 batch = await source.poll(cursor, self.settings.max_items)
+                telemetry.poll_finished(self, time.monotonic() - poll_started)
             except Exception as exc:
+                telemetry.poll_failed(self, exc)
                 if not is_transient(exc):
                     metrics.incr("failures", source=self.source_kind)
                     raise
@@ -169,6 +172,7 @@ class IncrementalTrigger(BaseEventTrigger):
             if is_transient(exc):
                 raise
             self.log.error("%s: permanent error: %s", self._label(source), exc)
+            telemetry.trigger_failed(self, exc)
             event = error_payload(
                 source_kind=self.source_kind,
                 namespace=self.namespace,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-from airflow_trigger_kit import metrics
+from airflow_trigger_kit import metrics, telemetry
 from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.retry import Backoff, is_transient
 from airflow_trigger_kit.sources.base import JSON, Source
@@ -81,6 +81,7 @@ class WatermarkProducer(SharedStreamProducer):
             cursor, version = await self._load_or_baseline(source)
             self.committed_version = version
             self.log.info("%s: watching from committed cursor version %d", label, version)
+            telemetry.watcher_opened(self, version)
             while True:
                 await self._in_flight.acquire()
                 batch = await self.trigger.next_batch(source, cursor)
@@ -92,8 +93,12 @@ class WatermarkProducer(SharedStreamProducer):
                     self._sequence,
                     len(batch.items),
                 )
+                telemetry.batch_yielded(self, self._sequence, raw_event)
                 yield raw_event, PendingCommit(batch.cursor, len(batch.items), self._sequence)
                 cursor = batch.cursor
+        except Exception as exc:
+            telemetry.stream_failed(self, exc)
+            raise
         finally:
             await source.aclose()
 
@@ -141,6 +146,7 @@ class WatermarkProducer(SharedStreamProducer):
                 await asyncio.sleep(delay)
                 continue
             metrics.incr("commits", source=self.trigger.source_kind)
+            telemetry.watermark_committed(self, pending)
             self.log.info(
                 "watch %s/%s: committed batch %d as version %d",
                 self.trigger.namespace,
