@@ -21,7 +21,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test,dev]"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test,dev,docs]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -79,7 +79,7 @@ class DirectoryWatchConfig:
     ignore_patterns: tuple[str, ...] = DEFAULT_IGNORE_PATTERNS
     event_kinds: tuple[str, ...] = ("created",)
     settle_seconds: float = 5.0
-    lookback_seconds: float = 10.0
+    lookback_seconds: float = 60.0
 
     @classmethod
     def create(
@@ -91,7 +91,7 @@ class DirectoryWatchConfig:
         ignore_patterns: str | Sequence[str] | None = DEFAULT_IGNORE_PATTERNS,
         event_kinds: str | Sequence[str] = ("created",),
         settle_seconds: float = 5.0,
-        lookback_seconds: float = 10.0,
+        lookback_seconds: float = 60.0,
     ) -> DirectoryWatchConfig:
         dirs = _string_list("directories", directories)
         if not dirs:

@@ -31,6 +31,7 @@ from devtools.deliveries import activate_watchers
 from devtools.feeders import DirectoryFeeder, Feeder, PostgresFeeder, S3Feeder
 from devtools.services import PgServer, create_database, drop_database, moto_s3_server_process
 from devtools.state_reader import StateReader
+from tests.statsd_receiver import StatsdReceiver
 
 SOURCES = ("directory", "s3", "postgres")
 STATE_CONN_ID = "trigger_kit_state"
@@ -52,6 +53,8 @@ class E2E:
     state: StateReader
     asset_ids: dict[str, int]
     report_lines: list[str] = field(default_factory=list)
+    statsd: StatsdReceiver | None = None
+    """Every metric the stack's components sent (their [metrics] point at this UDP socket)."""
 
     def feeder(self, source: str) -> Feeder:
         """The feeder of ``source``; skips the calling test when that source's DAGs do not exist."""
@@ -112,10 +115,16 @@ def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: p
             cleanup.callback(feeder.close)
             feeder.setup()
 
+        statsd = StatsdReceiver()
+        cleanup.callback(statsd.close)
         config = StackConfig(
             metadata_db_uri=metadata_uri,
             connections={STATE_CONN_ID: state_dsn},
-            env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID},
+            env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID, **statsd_env(statsd.port)},
+            # Real logins, so the Watches page test can act as an admin and as a read-only viewer.
+            all_admins=False,
+            users={"admin": "admin", "viewer": "viewer"},
+            api_host="127.0.0.1",
         )
         for feeder in feeders.values():
             config.connections.update(feeder.connections())
@@ -131,13 +140,24 @@ def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: p
         except BaseException:
             _keep_logs(request.config, stack, "stack-startup")
             raise
-        env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key])
+        env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key], statsd)
         env.report(f"STACK up in {time.monotonic() - started:.0f}s: sources {', '.join(feeders)}")
         for source, reason in missing.items():
             env.report(f"SKIPPED {source}: {reason}")
         yield env
     if stack.leftovers:
         pytest.fail(f"processes of {', '.join(stack.leftovers)} survived the stack's stop", pytrace=False)
+
+
+def statsd_env(port: int) -> dict[str, str]:
+    """Airflow's StatsD settings pointed at the test's receiver, with tags in the InfluxDB style."""
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
