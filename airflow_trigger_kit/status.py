@@ -230,8 +230,12 @@ class WatchStatus:
         }
 
 
-async def alist_watches(backend: StateBackend, namespace: str | None = None) -> list[WatchStatus]:
-    """Every watch in the store (see the module docstring), ordered by namespace and name."""
+async def alist_watches(backend: StateBackend | None = None, namespace: str | None = None) -> list[WatchStatus]:
+    """Every watch in the store (see the module docstring), ordered by namespace and name.
+
+    ``backend`` defaults to the store configured in ``[trigger_kit]``. ``trigger-kit watches`` and
+    the Watches page show exactly this list.
+    """
     grouped: dict[tuple[str, str], dict[str, StateEntry]] = {}
     for stored in await alist_all(backend, namespace):
         grouped.setdefault((stored.namespace, stored.name), {})[stored.key] = stored.entry
@@ -245,8 +249,17 @@ async def alist_watches(backend: StateBackend, namespace: str | None = None) -> 
     return watches
 
 
-def list_watches(backend: StateBackend, namespace: str | None = None) -> list[WatchStatus]:
-    """Sync twin of :func:`alist_watches`."""
+def list_watches(backend: StateBackend | None = None, namespace: str | None = None) -> list[WatchStatus]:
+    """Sync twin of :func:`alist_watches`.
+
+    ```python
+    from airflow_trigger_kit.status import list_watches
+
+    for watch in list_watches():
+        row = watch.to_json()
+        print(row["namespace"], row["name"], row["cursor_version"], row["items_delivered"], row["healthy"])
+    ```
+    """
     return run_sync(alist_watches(backend, namespace))
 
 

@@ -119,8 +119,7 @@ def catalogue_markdown(sites: list[ErrorSite]) -> str:
         for site in areas[area]:
             template = site.template or "(the message of the error it wraps)"
             out.append(
-                f"| {_code(template)} | [`{site.exc_class}`](#{site.exc_class.lower()}) | "
-                f"`{site.module}:{site.line}` |"
+                f"| {_code(template)} | [`{site.exc_class}`](#{site.exc_class.lower()}) | `{site.module}:{site.line}` |"
             )
         out.append("")
     return "\n".join(out)

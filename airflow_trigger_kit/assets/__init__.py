@@ -1,6 +1,7 @@
 """Event-driven DAGs: build an ``Asset`` with its ``AssetWatcher`` wired, and read what it reported.
 
 ```python
+from airflow.sdk import DAG, task
 from airflow_trigger_kit.assets import directory_asset, items_from_events
 
 uploads = directory_asset("client_uploads", directories=["/data/in/a", "/data/in/b"], patterns="*.csv")

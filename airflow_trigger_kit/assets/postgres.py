@@ -1,6 +1,7 @@
 """``postgres_asset``: an ``Asset`` that receives an event whenever rows of a table are inserted or updated.
 
 ```python
+from airflow.sdk import DAG, task
 from airflow_trigger_kit.assets import items_from_events
 from airflow_trigger_kit.assets.postgres import postgres_asset
 

@@ -1,6 +1,7 @@
 """``s3_asset``: an ``Asset`` that receives an event whenever objects land under S3 prefixes.
 
 ```python
+from airflow.sdk import DAG, task
 from airflow_trigger_kit.assets import items_from_events
 from airflow_trigger_kit.assets.s3 import s3_asset
 
