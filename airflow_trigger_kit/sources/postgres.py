@@ -8,8 +8,9 @@ when it runs.
 Design
 ======
 
-* **One connection per trigger run**, opened lazily by the first poll, closed by :meth:`aclose`.
-  It is pinned to what the detection relies on: ``TimeZone=UTC``, ``DateStyle=ISO``,
+* **Connections come from a** :class:`Connector`: a private connection per source (opened
+  lazily by the first poll, closed by :meth:`aclose`), or the triggerer's shared pool. Every
+  connection is pinned to what the detection relies on: ``TimeZone=UTC``, ``DateStyle=ISO``,
   ``extra_float_digits=1`` (the text form of a value, which the cursor stores, is then exact and
   stable), ``default_transaction_read_only=on`` and ``statement_timeout``. Every poll is one
   ``REPEATABLE READ READ ONLY`` transaction that starts with ``SET LOCAL statement_timeout``, so
@@ -114,6 +115,7 @@ import math
 import re
 import ssl
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -1027,26 +1029,135 @@ def _position_and_hash(record: asyncpg.Record) -> tuple[list[str], int]:
 # --------------------------------------------------------------------------------------------------
 # The source
 # --------------------------------------------------------------------------------------------------
+class Connector(ABC):
+    """Where a :class:`PostgresSource` gets its connections: a private one, or a shared pool.
+
+    ``connection()`` yields a connection pinned to :data:`SESSION_SETTINGS` (see
+    :func:`session_connect_kwargs` and :func:`init_connection`) and takes it back afterwards. A
+    caller that must not see a connection again (lost, or cancelled mid-transaction) terminates it
+    before giving it back; a connector never hands out a closed connection.
+    """
+
+    @property
+    @abstractmethod
+    def target(self) -> str:
+        """``user@host:port/database`` of the server (never a password); ``"postgres"`` until known."""
+
+    @abstractmethod
+    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """A ready connection for one transaction."""
+
+    async def aclose(self) -> None:  # noqa: B027 - a shared pool is closed by its owner
+        """Release what this connector owns."""
+
+
+def session_connect_kwargs(kwargs: dict[str, Any], statement_timeout: float) -> dict[str, Any]:
+    """asyncpg connect kwargs pinned to what detection relies on (see the module docstring).
+
+    The session's ``statement_timeout`` is a default only: every poll sets its own with ``SET LOCAL``,
+    so watches with different timeouts can share connections.
+    """
+    out = dict(kwargs)
+    settings = dict(out.pop("server_settings", None) or {})
+    settings.update(SESSION_SETTINGS)
+    settings["statement_timeout"] = str(max(1, int(statement_timeout * 1000)))
+    out["server_settings"] = settings
+    out.setdefault("timeout", min(60.0, max(10.0, statement_timeout)))
+    return out
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection setup: JSON columns decode to Python values."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def resolve_connect_kwargs(connect_kwargs: ConnectKwargs) -> dict[str, Any]:
+    """The connect kwargs themselves, calling the factory when one was given."""
+    return dict(await connect_kwargs() if callable(connect_kwargs) else connect_kwargs)
+
+
+class PrivateConnector(Connector):
+    """One connection, opened on first use and re-opened after a loss (a task on a worker, a test)."""
+
+    def __init__(self, connect_kwargs: ConnectKwargs, statement_timeout: float) -> None:
+        self._connect_kwargs = connect_kwargs
+        self._statement_timeout = statement_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._target = "postgres"
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    async def _open(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        kwargs = await resolve_connect_kwargs(self._connect_kwargs)
+        self._target = describe_target(kwargs)
+        conn = await asyncpg.connect(**session_connect_kwargs(kwargs, self._statement_timeout))
+        try:
+            await init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        yield await self._open()
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except Exception:
+                conn.terminate()
+
+
 class PostgresSource(Source):
-    """Detection over one table (or one query) through one asyncpg connection per trigger run.
+    """Detection over one table (or one query), through a :class:`Connector`.
 
     :param config: the validated watch parameters.
     :param connect_kwargs: asyncpg ``connect()`` kwargs, or an async callable returning them (called
-        when the connection is first needed, and again after a connection loss).
+        when the connection is first needed, and again after a connection loss); used when no
+        ``connector`` is given.
     :param label: names the connection in messages (for example ``postgres_conn_id='orders'``).
+    :param connector: where connections come from (default: one private connection of this source).
+        A shared connector (the triggerer's pool) outlives the source: :meth:`aclose` leaves it open.
     """
 
     kind = "postgres"
 
-    def __init__(self, config: PostgresWatchConfig, connect_kwargs: ConnectKwargs, *, label: str = "postgres") -> None:
+    def __init__(
+        self,
+        config: PostgresWatchConfig,
+        connect_kwargs: ConnectKwargs | None = None,
+        *,
+        label: str = "postgres",
+        connector: Connector | None = None,
+    ) -> None:
+        if connector is None:
+            if connect_kwargs is None:
+                raise ValueError("PostgresSource needs connect_kwargs or a connector")
+            connector = PrivateConnector(connect_kwargs, config.statement_timeout)
+            self._owns_connector = True
+        else:
+            self._owns_connector = False
         self.config = config
-        self._connect_kwargs = connect_kwargs
+        self.connector = connector
         self.label = label
-        self._conn: asyncpg.Connection | None = None
         self._plan: _Plan | None = None
-        self._target = "postgres"
         self._table_name = config.table_name
         self._timeout_ms = max(1, int(config.statement_timeout * 1000))
+        # Client-side backstop per statement, for a server that stops answering (no network error).
+        self._command_timeout = config.statement_timeout + 5.0
+
+    @property
+    def _target(self) -> str:
+        return self.connector.target
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -1079,40 +1190,9 @@ class PostgresSource(Source):
             return {"fingerprint": cursor.get("fp"), "rows": cursor.get("rows")}
         return cursor
 
-    # -- connection ---------------------------------------------------------------------------------
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        factory = self._connect_kwargs
-        kwargs = dict(await factory() if callable(factory) else factory)
-        self._target = describe_target(kwargs)
-        settings = dict(kwargs.pop("server_settings", None) or {})
-        settings.update(SESSION_SETTINGS)
-        settings["statement_timeout"] = str(self._timeout_ms)
-        kwargs.setdefault("timeout", min(60.0, max(10.0, self.config.statement_timeout)))
-        kwargs["command_timeout"] = self.config.statement_timeout + 5.0
-        conn = await asyncpg.connect(server_settings=settings, **kwargs)
-        try:
-            for name in ("json", "jsonb"):
-                await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
-        return conn
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), timeout=5)
-            except Exception:
-                conn.terminate()
+        if self._owns_connector:
+            await self.connector.aclose()
 
     @contextlib.asynccontextmanager
     async def _transaction(self, param: str | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -1120,37 +1200,51 @@ class PostgresSource(Source):
 
         The transaction is ended by hand (not ``async with``) so that the error reported is the
         one that happened — a terminated backend, say — not the failure to roll back afterwards.
+        A connection that was lost, or cancelled mid-transaction, is terminated before it goes back
+        to the connector, so it is never reused.
         """
-        conn: asyncpg.Connection | None = None
+        acquired = False
         try:
-            conn = await self._connection()
-            tx = conn.transaction(isolation="repeatable_read", readonly=True)
-            await tx.start()
-            try:
-                await conn.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
-                if self._plan is None and self.config.detection != "query_change":
-                    self._plan = await self._inspect(conn)
-                yield conn
-            except Exception:
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await tx.rollback()
-                raise
-            except BaseException:
-                await self._drop_connection()  # cancelled mid-transaction: never reuse the connection
-                raise
-            else:
-                await tx.commit()
+            async with self.connector.connection() as conn:
+                acquired = True
+                try:
+                    tx = conn.transaction(isolation="repeatable_read", readonly=True)
+                    await tx.start()
+                    try:
+                        await conn.execute(
+                            f"SET LOCAL statement_timeout = {self._timeout_ms}", timeout=self._command_timeout
+                        )
+                        if self._plan is None and self.config.detection != "query_change":
+                            self._plan = await self._inspect(conn)
+                        yield conn
+                    except Exception:
+                        if not conn.is_closed():
+                            with contextlib.suppress(Exception):
+                                await tx.rollback()
+                        raise
+                    except BaseException:
+                        conn.terminate()  # cancelled mid-transaction: never reuse the connection
+                        raise
+                    else:
+                        await tx.commit()
+                except Exception as exc:
+                    closed = conn.is_closed()
+                    if not closed and isinstance(exc, _CLIENT_STATE_ERRORS):
+                        closed = await _closes_soon(conn)
+                    error = classify_error(exc, context=self._context(param), connection_closed=closed)
+                    if error is None:
+                        raise
+                    if isinstance(error, TransientSourceError) and not conn.is_closed():
+                        conn.terminate()
+                    if error is exc:
+                        raise
+                    raise error from exc
         except Exception as exc:
-            closed = conn is None or conn.is_closed()
-            if not closed and isinstance(exc, _CLIENT_STATE_ERRORS):
-                closed = await _closes_soon(conn)
-            error = classify_error(exc, context=self._context(param), connection_closed=closed)
-            if error is None:
-                raise
-            if isinstance(error, TransientSourceError):
-                await self._drop_connection()
-            if error is exc:
+            if acquired:
+                raise  # classified above
+            # Opening (or waiting for) a connection failed: the server is unreachable, refuses us, ...
+            error = classify_error(exc, context=self._context(param), connection_closed=True)
+            if error is None or error is exc:
                 raise
             raise error from exc
 
@@ -1159,9 +1253,9 @@ class PostgresSource(Source):
         cfg = self.config
         assert cfg.table is not None
         schema, name = cfg.table
-        row = await conn.fetchrow(_TABLE_SQL, schema, name)
+        row = await conn.fetchrow(_TABLE_SQL, schema, name, timeout=self._command_timeout)
         if row is None:
-            similar = await conn.fetch(_SIMILAR_TABLES_SQL, schema, name)
+            similar = await conn.fetch(_SIMILAR_TABLES_SQL, schema, name, timeout=self._command_timeout)
             hint = ""
             if similar:
                 names = ", ".join(f"({r['nspname']!r}, {r['relname']!r})" for r in similar)
@@ -1175,11 +1269,11 @@ class PostgresSource(Source):
             r["attname"]: ColumnInfo(
                 r["attname"], int(r["attnum"]), r["type_sql"], r["base_type"], bool(r["attnotnull"]), r["default_sql"]
             )
-            for r in await conn.fetch(_COLUMNS_SQL, oid)
+            for r in await conn.fetch(_COLUMNS_SQL, oid, timeout=self._command_timeout)
         }
         indexes = tuple(
             IndexInfo(bool(r["indisprimary"]), bool(r["indisunique"]), tuple(r["cols"]))
-            for r in await conn.fetch(_INDEXES_SQL, oid)
+            for r in await conn.fetch(_INDEXES_SQL, oid, timeout=self._command_timeout)
         )
         info = TableInfo(schema, name, oid, nsp, columns, indexes)
 
@@ -1230,7 +1324,9 @@ class PostgresSource(Source):
                         cfg.xid_column,
                     )
         used = list(dict.fromkeys([*selected, *order]))
-        priv = await conn.fetchrow(_PRIVILEGES_SQL, oid, nsp, [columns[c].attnum for c in used])
+        priv = await conn.fetchrow(
+            _PRIVILEGES_SQL, oid, nsp, [columns[c].attnum for c in used], timeout=self._command_timeout
+        )
         if not priv["usage"]:
             raise PermanentSourceError(
                 f"table: role {priv['role']!r} has no USAGE privilege on schema {schema!r} of {cfg.table_name}; "
@@ -1302,7 +1398,7 @@ class PostgresSource(Source):
 
     async def _check_prepared(self, conn: asyncpg.Connection, param: str, sql: str) -> asyncpg.PreparedStatement:
         try:
-            stmt = await conn.prepare(sql)
+            stmt = await conn.prepare(sql, timeout=self._command_timeout)
         except asyncpg.PostgresError as exc:
             state = str(getattr(exc, "sqlstate", "") or "")
             if state.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
@@ -1372,7 +1468,7 @@ class PostgresSource(Source):
     async def _count(self, conn: asyncpg.Connection, plan: _Plan) -> int:
         where = plan.conditions()
         sql = f"SELECT count(*) FROM {plan.relation} AS src" + (" WHERE " + " AND ".join(where) if where else "")
-        return int(await conn.fetchval(sql))
+        return int(await conn.fetchval(sql, timeout=self._command_timeout))
 
     async def _poll_count(self, conn: asyncpg.Connection, plan: _Plan, cursor: dict[str, Any] | None) -> Batch:
         previous = 0 if cursor is None else int(cursor.get("count", 0))
@@ -1402,7 +1498,7 @@ class PostgresSource(Source):
             raise PermanentSourceError(f"query: returns several columns named {dupes!r}; give them distinct aliases")
         total, rows = 0, 0
         first: list[dict[str, JSON]] = []
-        async for record in stmt.cursor(prefetch=500):
+        async for record in stmt.cursor(prefetch=500, timeout=self._command_timeout):
             values = [to_json_safe(v) for v in record.values()]
             total += row_digest(values)
             if rows < keep:
@@ -1482,7 +1578,7 @@ class PostgresSource(Source):
     ) -> list[_Row]:
         """Rows in ``(after, upto]`` in order (keyset), optionally only those with one row hash."""
         sql, args = plan.rows_query(after=after, upto=upto, limit=limit, hash_eq=hash_eq)
-        records = await conn.fetch(sql, *args)
+        records = await conn.fetch(sql, *args, timeout=self._command_timeout)
         rows: list[_Row] = []
         for start in range(0, len(records), YIELD_EVERY):
             if start:
@@ -1503,7 +1599,7 @@ class PostgresSource(Source):
             assert plan is not None
             pos = None if cursor is None else self._check_cursor(cursor).get("pos")
             sql, args = plan.rows_query(after=pos, limit=max_items + 1)
-            return [str(r[0]) for r in await conn.fetch("EXPLAIN " + sql, *args)]
+            return [str(r[0]) for r in await conn.fetch("EXPLAIN " + sql, *args, timeout=self._command_timeout)]
 
     async def _last_position(
         self, conn: asyncpg.Connection, plan: _Plan, *, at_most: str | None = None, params: _Params | None = None
@@ -1519,7 +1615,7 @@ class PostgresSource(Source):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {desc} LIMIT 1"
-        row = await conn.fetchrow(sql, *params.values)
+        row = await conn.fetchrow(sql, *params.values, timeout=self._command_timeout)
         return None if row is None else [str(v) for v in row.values()]
 
     async def _digests(
@@ -1546,7 +1642,7 @@ class PostgresSource(Source):
             )
             lower = upper
         sql = "\nUNION ALL\n".join(branches) + "\nORDER BY i"
-        rows = await conn.fetch(sql, *params.values)
+        rows = await conn.fetch(sql, *params.values, timeout=self._command_timeout)
         return [(int(r["n"]), wrap64(int(r["s"])), bool(r["expired"])) for r in rows]
 
     # -- watermark: baseline ---------------------------------------------------------------------------
@@ -1571,7 +1667,7 @@ class PostgresSource(Source):
             f"SELECT {texts}, {plan.hash_sql} FROM {plan.relation} AS src WHERE {' AND '.join(where)} "
             f"ORDER BY {desc} LIMIT {MAX_EXACT_ROWS + 1}"
         )
-        head = [_position_and_hash(r) for r in await conn.fetch(sql, *params.values)]
+        head = [_position_and_hash(r) for r in await conn.fetch(sql, *params.values, timeout=self._command_timeout)]
         lo_params = _Params()
         lo = await self._last_position(conn, plan, at_most=plan.floor_sql(lo_params, pos), params=lo_params)
         segments: list[Segment] = []
@@ -1603,7 +1699,9 @@ class PostgresSource(Source):
         outs = ", ".join(f"p{i}" for i in range(len(plan.order)))
         step = f"greatest(1, ceil(total::numeric / {BASELINE_COARSE_SEGMENTS}))"
         sql = f"SELECT {outs} FROM ({inner}) q WHERE rn % {step} = 0 OR rn = total ORDER BY rn"
-        found = [[str(v) for v in r.values()] for r in await conn.fetch(sql, *params.values)]
+        found = [
+            [str(v) for v in r.values()] for r in await conn.fetch(sql, *params.values, timeout=self._command_timeout)
+        ]
         if not found or found[-1] != list(edge):
             found.append(list(edge))
         return found

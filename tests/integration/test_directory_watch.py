@@ -354,7 +354,7 @@ async def test_quiet_directories_are_not_listed_again_and_new_files_are_still_se
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """created-only watches skip listing a directory whose mtime shows no new entry."""
-    from airflow_trigger_kit.sources import directory as directory_module
+    from airflow_trigger_kit.sources.directory import listing as directory_module
 
     monkeypatch.setattr(directory_module, "QUIET_MARGIN_NS", 100_000_000)
     listed: list[str] = []
@@ -370,13 +370,13 @@ async def test_quiet_directories_are_not_listed_again_and_new_files_are_still_se
     source = sensor_trigger([tmp_path], None).build_source()
     cursor = await source.baseline()
     monkeypatch.setattr(os, "scandir", counting_scandir)
-    batch = await source.poll(cursor, 100)  # lists (nothing remembered yet), remembers quiet
-    assert batch.items == [] and len(listed) == 1
+    batch = await source.poll(cursor, 100)  # the baseline's listing is still valid: not listed again
+    assert batch.items == [] and listed == []
     for _ in range(5):
         assert (await source.poll(batch.cursor, 100)).items == []
-    assert len(listed) == 1, "a quiet directory was listed again"
+    assert listed == [], "a quiet directory was listed again"
     (tmp_path / "new.csv").write_text("x")
     await asyncio.sleep(0.4)
     found = await source.poll(batch.cursor, 100)
     assert [i["name"] for i in (it.to_json() for it in found.items)] == ["new.csv"]
-    assert len(listed) == 2
+    assert len(listed) == 1
