@@ -103,6 +103,8 @@ def error_sites(package: Path = PACKAGE) -> list[ErrorSite]:
 
 def _code(text: str) -> str:
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
+    # Markdown still reads emphasis and code marks inside inline HTML: neutralise them.
+    escaped = escaped.replace("_", "&#95;").replace("*", "&#42;").replace("`", "&#96;")
     return f"<code>{escaped}</code>"
 
 

@@ -110,7 +110,7 @@ async def page(request: Request) -> Any:
         return RedirectResponse(login, status_code=303)
     _require_read(user)
     html = resources.files(__package__).joinpath("watches.html").read_text(encoding="utf-8")
-    return HTMLResponse(html.replace("{{URL_PREFIX}}", URL_PREFIX))
+    return HTMLResponse(html)
 
 
 @app.get("/api/watches")
