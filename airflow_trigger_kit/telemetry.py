@@ -158,10 +158,14 @@ def trigger_failed(trigger: IncrementalTrigger, exc: BaseException) -> None:
 
 
 def _failed(owner: Any, exc: BaseException, trigger: IncrementalTrigger | None = None) -> None:
+    """Record ``exc`` as the last error, once per distinct message of the trigger's error streak.
+
+    ``owner`` orders the write (the producer's writes for a watcher); the streak is the trigger's, so
+    a permanent poll error that then ends the watcher's stream is written once, not twice.
+    """
     trigger = trigger or owner
-    assert trigger is not None
     message = f"{type(exc).__name__}: {exc}"
-    telemetry = _of(owner)
+    telemetry = _of(trigger)
     if telemetry.error == message:
         return
     telemetry.error = message
