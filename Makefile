@@ -8,10 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install lint typecheck test unit integration e2e bench demo clean
+.PHONY: help install lint typecheck docs docs-serve wheel-check test unit integration e2e bench demo clean
 
 help:
-	@echo "make test        lint + mypy + every test (unit, integration, e2e)"
+	@echo "make test        lint + mypy + docs + wheel check + every test (unit, integration, e2e)"
+	@echo "make docs        build the documentation site strictly into site/ (any warning fails)"
+	@echo "make docs-serve  preview the documentation site on http://127.0.0.1:8000"
+	@echo "make wheel-check build sdist + wheel, install the wheel in a fresh venv and use it"
 	@echo "make unit        unit tests only"
 	@echo "make integration integration tests only"
 	@echo "make e2e         end-to-end tests against live Airflow processes"
@@ -21,7 +24,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test,dev]"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[test,dev,docs]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +36,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# The site: MkDocs Material + mkdocstrings, strict (see docs/documentation.md).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# What `pip install airflow-trigger-kit` gives a user, checked in a fresh virtualenv (devtools/wheel_check.py).
+wheel-check: $(STAMP)
+	$(BIN)/python -m devtools.wheel_check
+
+test: lint typecheck docs wheel-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -57,4 +71,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_s3_waits $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist site

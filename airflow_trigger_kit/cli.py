@@ -1,4 +1,4 @@
-"""``trigger-kit``: inspect and repair ProcessState from a shell.
+"""``trigger-kit``: inspect and repair ProcessState, and list watches, from a shell.
 
 Uses the same ``[trigger_kit]`` configuration as the triggers, so it reads and writes the very
 store the watchers use. Exit status: 0 success, 1 missing key or version conflict, 2 bad usage,
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmds.add_parser("reset", parents=[common], help="delete every key of a watcher (rewind it)")
     p.add_argument("namespace")
     p.add_argument("name")
+
+    p = groups.add_parser(
+        "watches", parents=[common], help="every watch: source, target, cursor, deliveries, last error"
+    )
+    p.add_argument("--namespace")
     return parser
 
 
@@ -92,6 +97,8 @@ def _emit(as_json: bool, payload: Any, text: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.group == "watches":
+        return _watches(args)
     if args.command == "list":
         from airflow_trigger_kit.state.factory import configured_backend
 
@@ -137,6 +144,61 @@ def _run(args: argparse.Namespace) -> int:
         _emit(args.json, {"deleted": count}, f"reset: deleted {count} key(s)")
         return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _watches(args: argparse.Namespace) -> int:
+    from airflow_trigger_kit.state.factory import configured_backend
+    from airflow_trigger_kit.status import list_watches
+
+    rows = [watch.to_json() for watch in list_watches(configured_backend(), args.namespace)]
+    if args.json:
+        _emit(True, rows, "")
+        return EXIT_OK
+    if not rows:
+        print("(no watches)")
+        return EXIT_OK
+    print(format_watch_table(rows))
+    return EXIT_OK
+
+
+def format_watch_table(rows: list[dict[str, Any]]) -> str:
+    """The ``trigger-kit watches`` table: one line per watch, errors last."""
+    header = ("WATCH", "MODE", "SOURCE", "TARGET", "CURSOR", "COMMITTED", "DETECTED", "ITEMS", "LAST ERROR")
+    table = [header]
+    for r in rows:
+        error = r["last_error"]
+        error_text = "-"
+        if error:
+            state = "recovered" if r["recovered_at"] else ("retrying" if error["transient"] else "FAILED")
+            error_text = f"[{state}] {error['message'][:80]}"
+        committed = r["cursor_updated_at"][:19].replace("T", " ") if r["cursor_updated_at"] else "-"
+        table.append(
+            (
+                f"{r['namespace']}/{r['name']}",
+                r["kind"] or "-",
+                r["source"] or "-",
+                r["target"] or "-",
+                f"v{r['cursor_version']}" if r["cursor_version"] is not None else "-",
+                committed,
+                _ago(r["seconds_since_detection"]),
+                str(r["items_delivered"]),
+                error_text,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in table
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_trigger_kit import telemetry
 from airflow_trigger_kit._sync import run_sync
 from airflow_trigger_kit.state import ProcessState, StateConflict
 
@@ -31,12 +32,14 @@ async def acommit_watermark(payload: dict[str, Any], *, state: ProcessState | No
         ) from None
     state = state or ProcessState(watch["namespace"], watch["name"])
     try:
-        return await state.aset(key, cursor, expected_version=expected)
+        version = await state.aset(key, cursor, expected_version=expected)
     except StateConflict:
         entry = await state.aget(key)
         if entry is not None and entry.value == cursor:
             return entry.version  # this very cursor was committed already (a retried task)
         raise
+    await telemetry.sensor_committed(payload, state, version)
+    return version
 
 
 def commit_watermark(payload: dict[str, Any], *, state: ProcessState | None = None) -> int:

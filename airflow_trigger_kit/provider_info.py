@@ -55,6 +55,12 @@ SENSOR_MODULES: list[str] = [
 ]
 
 
+PLUGINS: list[dict[str, str]] = [
+    {"name": "trigger_kit_watches", "plugin-class": "airflow_trigger_kit.plugins.watches.TriggerKitWatchesPlugin"}
+]
+"""The Watches page; also registered as an ``airflow.plugins`` entry point (see its module docstring)."""
+
+
 def get_provider_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "package-name": "airflow-trigger-kit",
@@ -79,6 +85,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         },
     }
+    if PLUGINS:
+        info["plugins"] = PLUGINS
     if TRIGGER_MODULES:
         info["triggers"] = [{"integration-name": INTEGRATION, "python-modules": TRIGGER_MODULES}]
     if SENSOR_MODULES:

@@ -10,6 +10,9 @@ from airflow_trigger_kit.state.model import InvalidStateInput, validate_id
 
 Mode = Literal["watcher", "sensor"]
 
+ASSET_NAMESPACE = "assets"
+"""ProcessState namespace of the watchers that the asset helpers build; the state name is the asset name."""
+
 DEFAULT_BACKLOG_ITEMS = 5000
 """The default ``backlog_max_items`` is ``10 * max_items`` up to this (never below ``max_items``)."""
 MAX_BACKLOG_ITEMS = 100_000

@@ -9,9 +9,6 @@ from airflow.triggers.base import BaseEventTrigger
 
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
 
-ASSET_NAMESPACE = "assets"
-"""ProcessState namespace of watchers built here; the state name is the asset name."""
-
 
 def watched_asset(
     name: str,

@@ -7,7 +7,8 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from airflow_trigger_kit.assets.base import ASSET_NAMESPACE, watched_asset
+from airflow_trigger_kit.assets.base import watched_asset
+from airflow_trigger_kit.settings import ASSET_NAMESPACE
 from airflow_trigger_kit.sources.directory import (
     DEFAULT_IGNORE_PATTERNS,
     DEFAULT_LOOKBACK_SECONDS,

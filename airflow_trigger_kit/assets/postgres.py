@@ -1,6 +1,7 @@
 """``postgres_asset``: an ``Asset`` that receives an event whenever rows of a table are inserted or updated.
 
 ```python
+from airflow.sdk import DAG, task
 from airflow_trigger_kit.assets import items_from_events
 from airflow_trigger_kit.assets.postgres import postgres_asset
 
@@ -27,8 +28,8 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from airflow_trigger_kit.assets.base import ASSET_NAMESPACE, watched_asset
-from airflow_trigger_kit.settings import StartFrom
+from airflow_trigger_kit.assets.base import watched_asset
+from airflow_trigger_kit.settings import ASSET_NAMESPACE, StartFrom
 from airflow_trigger_kit.sources.postgres import DEFAULT_STATEMENT_TIMEOUT
 from airflow_trigger_kit.triggers.postgres import DEFAULT_POSTGRES_CONN_ID, PostgresRowsTrigger
 

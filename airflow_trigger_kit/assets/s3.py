@@ -1,6 +1,7 @@
 """``s3_asset``: an ``Asset`` that receives an event whenever objects land under S3 prefixes.
 
 ```python
+from airflow.sdk import DAG, task
 from airflow_trigger_kit.assets import items_from_events
 from airflow_trigger_kit.assets.s3 import s3_asset
 
@@ -21,9 +22,9 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-from airflow_trigger_kit.assets.base import ASSET_NAMESPACE, watched_asset
+from airflow_trigger_kit.assets.base import watched_asset
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID
-from airflow_trigger_kit.settings import StartFrom
+from airflow_trigger_kit.settings import ASSET_NAMESPACE, StartFrom
 from airflow_trigger_kit.triggers.s3 import S3ObjectsTrigger
 
 

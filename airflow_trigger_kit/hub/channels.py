@@ -25,6 +25,7 @@ import asyncio
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Hashable
 
 from airflow_trigger_kit import metrics
@@ -51,7 +52,7 @@ class Channel:
         self.subscribers = 0
         self.polls = 0
         """Polls made through this channel (for tests and benchmarks)."""
-        self.running: dict[tuple[str, int, int], asyncio.Task[Batch]] = {}
+        self.running: dict[tuple[str, int, int], asyncio.Task[tuple[Batch, float]]] = {}
         self.slots = asyncio.Semaphore(MAX_POLLS_PER_CHANNEL)
 
 
@@ -97,22 +98,26 @@ class ChannelHub:
                 task.add_done_callback(functools.partial(_forget, channel, poll_key))
             task.add_done_callback(functools.partial(self._deliver, waiters=waiters))
 
-    async def _poll(self, channel: Channel, cursor: JSON, max_items: int, max_batch_items: int) -> Batch:
+    async def _poll(self, channel: Channel, cursor: JSON, max_items: int, max_batch_items: int) -> tuple[Batch, float]:
         async with channel.slots:
             channel.polls += 1
             metrics.incr("polls", source=channel.source.kind)
-            return await poll_batch(channel.source, cursor, max_items, max_batch_items)
+            started = time.monotonic()
+            batch = await poll_batch(channel.source, cursor, max_items, max_batch_items)
+            return batch, time.monotonic() - started
 
-    def _deliver(self, task: asyncio.Task[Batch], *, waiters: list[Waiter]) -> None:
+    def _deliver(self, task: asyncio.Task[tuple[Batch, float]], *, waiters: list[Waiter]) -> None:
         if task.cancelled():
             for waiter in waiters:
                 waiter.fail(asyncio.CancelledError())
             return
         exc = task.exception()
-        batch = None if exc is not None else task.result()
+        batch, seconds = (None, 0.0) if exc is not None else task.result()
         for waiter in waiters:
             if waiter.future.done():
                 continue
+            if batch is not None:
+                waiter.polled(seconds)
             if exc is not None:
                 waiter.fail(exc)
             elif batch is not None and batch.items:
@@ -137,11 +142,18 @@ class ChannelSubscription:
         return self.channel.source
 
     async def next_batch(
-        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
+        self,
+        cursor: JSON | None,
+        max_items: int,
+        poll_interval: float,
+        max_batch_items: int | None = None,
+        on_poll: Callable[[float], None] | None = None,
     ) -> Batch:
         """Wait until the source reports items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor), max_batch_items)
+        waiter = Waiter(
+            cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor), max_batch_items, on_poll
+        )
         return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:
@@ -153,7 +165,7 @@ class ChannelSubscription:
             self.hub._release(self.channel)
 
 
-def _forget(channel: Channel, key: tuple[str, int, int], _: asyncio.Task[Batch]) -> None:
+def _forget(channel: Channel, key: tuple[str, int, int], _: asyncio.Task[tuple[Batch, float]]) -> None:
     channel.running.pop(key, None)
 
 

@@ -122,12 +122,16 @@ class DirectoryHub:
 
     # -- ticks -----------------------------------------------------------------------------------------
     async def _tick(self, due: list[Waiter]) -> None:
+        started = time.monotonic()
         results = await self.run(lambda: self._tick_blocking(due))
+        seconds = time.monotonic() - started
         metrics.incr("polls", len(due), source="directory")
         ticker = self.ticker
         for waiter, result in zip(due, results, strict=True):
             if waiter.future.done():
                 continue
+            if result is not _NOTHING_NEW:
+                waiter.polled(seconds)
             if isinstance(result, BaseException):
                 waiter.fail(result)
             elif result is _NOTHING_NEW:
@@ -219,11 +223,18 @@ class DirectorySubscription:
         self.source = DirectorySource(config)  # describe/describe_cursor; never polled
 
     async def next_batch(
-        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
+        self,
+        cursor: JSON | None,
+        max_items: int,
+        poll_interval: float,
+        max_batch_items: int | None = None,
+        on_poll: Callable[[float], None] | None = None,
     ) -> Batch:
         """Wait until the directories hold items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(cursor, max_items, poll_interval, future, self, max_batch_items=max_batch_items)
+        waiter = Waiter(
+            cursor, max_items, poll_interval, future, self, max_batch_items=max_batch_items, on_poll=on_poll
+        )
         return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:

@@ -51,11 +51,17 @@ class Waiter:
     """The cursor's canonical text, where a poller groups waiters by cursor."""
     max_batch_items: int | None = None
     """Most items while a backlog drains (``None``: ``max_items``)."""
+    on_poll: Callable[[float], None] | None = None
+    """Told how long each poll made for this waiter took (a per-watch metric)."""
     due: float = 0.0
     busy: bool = False
     seen: tuple[int, ...] | None = None
     """What the waiter was last compared with (a poller's notion: listing generations)."""
     unsettled: bool = False
+
+    def polled(self, seconds: float) -> None:
+        if self.on_poll is not None:
+            self.on_poll(seconds)
 
     def resolve(self, batch: Batch) -> None:
         if not self.future.done():

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_trigger_kit import telemetry
 from airflow_trigger_kit._sync import run_sync
 from airflow_trigger_kit.commit import commit_watermark
 from airflow_trigger_kit.payload import CURSOR_KEY
@@ -221,6 +222,7 @@ class IncrementalSensor(BaseSensorOperator):
             payload["watch"]["namespace"],
             payload["watch"]["name"],
         )
+        telemetry.sensor_finished(self, payload)
         if self.commit == "manual":
             return payload
         try:

@@ -60,6 +60,11 @@ class ProcessState:
 
     # -- async API (the implementation) ---------------------------------------------------------
     async def aget(self, key: str) -> StateEntry | None:
+        """The entry stored under ``key`` (value, version, updated_at, updated_by), or None.
+
+        Raises :class:`~airflow_trigger_kit.state.StateStoreUnavailable` when the store cannot be
+        read: an unreadable store is never reported as empty.
+        """
         return await self.backend.get(self.namespace, self.name, validate_id("key", key))
 
     async def aset(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
@@ -85,6 +90,7 @@ class ProcessState:
         return await self.backend.delete(self.namespace, self.name, validate_id("key", key))
 
     async def alist(self) -> dict[str, StateEntry]:
+        """Every key of this process with its entry."""
         entries = await self.backend.list(self.namespace, self.name)
         return {e.key: e.entry for e in entries}
 
@@ -118,33 +124,57 @@ class ProcessState:
         return list(await self.backend.list_keys(self.namespace, self.name, prefix))
 
     async def aclose(self) -> None:
+        """Release the backend's connections bound to the running event loop (PostgreSQL pools)."""
         await self.backend.aclose()
 
     # -- sync twins -----------------------------------------------------------------------------
     def get(self, key: str) -> StateEntry | None:
+        """Sync twin of :meth:`aget`."""
         return run_sync(self.aget(key))
 
     def set(self, key: str, value: Any, *, expected_version: int | None = None) -> int:
+        """Sync twin of :meth:`aset`."""
         return run_sync(self.aset(key, value, expected_version=expected_version))
 
     def delete(self, key: str) -> bool:
+        """Sync twin of :meth:`adelete`."""
         return run_sync(self.adelete(key))
 
     def list(self) -> dict[str, StateEntry]:
+        """Sync twin of :meth:`alist`."""
         return run_sync(self.alist())
 
     def clear(self) -> int:
+        """Sync twin of :meth:`aclear`."""
         return run_sync(self.aclear())
 
 
-async def alist_all(backend: StateBackend, namespace: str | None = None) -> list[StoredEntry]:
-    """Every stored entry, optionally of one namespace (for the CLI and operators' tooling)."""
+async def alist_all(backend: StateBackend | None = None, namespace: str | None = None) -> list[StoredEntry]:
+    """Every stored entry of every process, optionally of one namespace, ordered by namespace, name, key.
+
+    For operators' tooling (``trigger-kit state list`` uses it). ``backend`` defaults to the store
+    configured in ``[trigger_kit]``, the one the watches use.
+    """
     if namespace is not None:
         validate_id("namespace", namespace)
+    if backend is None:
+        from airflow_trigger_kit.state.factory import configured_backend
+
+        backend = configured_backend()
     return await backend.list(namespace, None)
 
 
-def list_all(backend: StateBackend, namespace: str | None = None) -> list[StoredEntry]:
+def list_all(backend: StateBackend | None = None, namespace: str | None = None) -> list[StoredEntry]:
+    """Sync twin of :func:`alist_all`.
+
+    ```python
+    from airflow_trigger_kit.state import ProcessState, list_all
+
+    ProcessState("sales", "orders-watch").set("cursor", {"hwm": 42})
+    for stored in list_all(namespace="sales"):
+        print(stored.namespace, stored.name, stored.key, stored.entry.version, stored.entry.value)
+    ```
+    """
     return run_sync(alist_all(backend, namespace))
 
 

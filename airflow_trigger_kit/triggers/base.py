@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_trigger_kit import metrics
+from airflow_trigger_kit import metrics, telemetry
 from airflow_trigger_kit.payload import CURSOR_KEY, build_payload, error_payload
 from airflow_trigger_kit.retry import is_transient
 from airflow_trigger_kit.settings import WatchSettings
@@ -138,6 +138,7 @@ class IncrementalTrigger(BaseTrigger):
             if is_transient(exc):
                 raise
             self.log.error("%s: permanent error: %s", label, exc)
+            telemetry.trigger_failed(self, exc)
             event = error_payload(
                 source_kind=self.source_kind,
                 namespace=self.namespace,

@@ -37,10 +37,10 @@ from typing import Any, Protocol
 
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-from airflow_trigger_kit import metrics
+from airflow_trigger_kit import metrics, telemetry
 from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.retry import Backoff, is_transient
-from airflow_trigger_kit.sources.base import JSON
+from airflow_trigger_kit.sources.base import JSON, Source
 from airflow_trigger_kit.state import ProcessState, StateConflict
 from airflow_trigger_kit.triggers.session import Watch, WatchSession, open_session
 
@@ -78,27 +78,36 @@ class WatermarkProducer(SharedStreamProducer):
         self.committed_version: int | None = None
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._sequence = 0
+        self._source: Source | None = None
+        """What the stream watches, once open (the status record describes it)."""
         self.log = trigger.log
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
-        async with open_session(self.trigger) as session:
-            label = session.label
-            cursor, version = await self._load_or_baseline(session)
-            self.committed_version = version
-            self.log.info("%s: watching from committed cursor version %d", label, version)
-            while True:
-                await self._in_flight.acquire()
-                batch = await session.next_batch(cursor)
-                self._sequence += 1
-                raw_event = session.payload(batch, cursor)
-                self.log.info(
-                    "%s: batch %d with %d item(s) awaiting confirmation",
-                    label,
-                    self._sequence,
-                    len(batch.items),
-                )
-                yield raw_event, PendingCommit(batch.cursor, len(batch.items), self._sequence)
-                cursor = batch.cursor
+        try:
+            async with open_session(self.trigger) as session:
+                self._source = session.source
+                label = session.label
+                cursor, version = await self._load_or_baseline(session)
+                self.committed_version = version
+                self.log.info("%s: watching from committed cursor version %d", label, version)
+                telemetry.watcher_opened(self, version)
+                while True:
+                    await self._in_flight.acquire()
+                    batch = await session.next_batch(cursor)
+                    self._sequence += 1
+                    raw_event = session.payload(batch, cursor)
+                    self.log.info(
+                        "%s: batch %d with %d item(s) awaiting confirmation",
+                        label,
+                        self._sequence,
+                        len(batch.items),
+                    )
+                    telemetry.batch_yielded(self, self._sequence, raw_event)
+                    yield raw_event, PendingCommit(batch.cursor, len(batch.items), self._sequence)
+                    cursor = batch.cursor
+        except Exception as exc:
+            telemetry.stream_failed(self, exc)
+            raise
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:
         clean: list[PendingCommit] = []
@@ -144,6 +153,7 @@ class WatermarkProducer(SharedStreamProducer):
                 await asyncio.sleep(delay)
                 continue
             metrics.incr("commits", source=self.trigger.source_kind)
+            telemetry.watermark_committed(self, pending)
             self.log.info(
                 "watch %s/%s: committed batch %d as version %d",
                 self.trigger.namespace,

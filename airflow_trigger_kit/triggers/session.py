@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-from airflow_trigger_kit import metrics
+from airflow_trigger_kit import metrics, telemetry
 from airflow_trigger_kit.retry import Backoff, is_transient
 from airflow_trigger_kit.settings import WatchSettings
 from airflow_trigger_kit.sources.base import JSON, Batch, PermanentSourceError, Source
@@ -33,8 +33,15 @@ class Subscription(Protocol):
     def source(self) -> Source: ...
 
     async def next_batch(
-        self, cursor: JSON | None, max_items: int, poll_interval: float, max_batch_items: int | None = None
-    ) -> Batch: ...
+        self,
+        cursor: JSON | None,
+        max_items: int,
+        poll_interval: float,
+        max_batch_items: int | None = None,
+        on_poll: Callable[[float], None] | None = None,
+    ) -> Batch:
+        """Wait until the source reports items after ``cursor``; ``on_poll(seconds)`` after each poll
+        made for this wait (not after ticks that had nothing new to compare)."""
 
     async def baseline(self) -> JSON: ...
 
@@ -97,9 +104,10 @@ class WatchSession:
         while True:
             try:
                 batch = await self.subscription.next_batch(
-                    cursor, settings.max_items, settings.poll_interval, settings.max_batch_items
+                    cursor, settings.max_items, settings.poll_interval, settings.max_batch_items, self._polled
                 )
             except Exception as exc:
+                telemetry.poll_failed(self.watch, exc)
                 metrics.incr("failures", source=kind)
                 if not is_transient(exc):
                     raise
@@ -124,6 +132,10 @@ class WatchSession:
                 )
             self._check_cursor_size(batch.cursor)
             return batch
+
+    def _polled(self, seconds: float) -> None:
+        """The hub did this watch's polling work (a query, a listing, a comparison) in ``seconds``."""
+        telemetry.poll_finished(self.watch, seconds)
 
     def _check_cursor_size(self, cursor: JSON) -> None:
         size = len(json.dumps(cursor, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))

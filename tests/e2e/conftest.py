@@ -35,6 +35,7 @@ from devtools.deliveries import activate_watchers
 from devtools.feeders import DirectoryFeeder, Feeder, PostgresFeeder, S3Feeder
 from devtools.services import CeleryBroker, PgServer, create_database, drop_database, moto_s3_server_process
 from devtools.state_reader import StateReader
+from tests.statsd_receiver import StatsdReceiver
 
 SOURCES = ("directory", "s3", "postgres")
 STATE_CONN_ID = "trigger_kit_state"
@@ -58,6 +59,8 @@ class E2E:
     report_lines: list[str] = field(default_factory=list)
     metadata_dsn: str | None = None
     """The metadata database (PostgreSQL) for reading facts the REST API does not show."""
+    statsd: StatsdReceiver | None = None
+    """Every metric the stack's components sent (their [metrics] point at this UDP socket)."""
 
     def feeder(self, source: str) -> Feeder:
         """The feeder of ``source``; skips the calling test when that source's DAGs do not exist."""
@@ -132,11 +135,17 @@ def e2e_environment(
                 cleanup.callback(feeder.close)
                 feeder.setup()
 
+            statsd = StatsdReceiver()
+            cleanup.callback(statsd.close)
             config = StackConfig(
                 metadata_db_uri=metadata_uri,
                 connections={STATE_CONN_ID: state_dsn},
-                env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID},
+                env={"AIRFLOW__TRIGGER_KIT__STATE_CONN_ID": STATE_CONN_ID, **statsd_env(statsd.port)},
                 celery=celery,
+                # Real logins, so the Watches page test can act as an admin and as a read-only viewer.
+                all_admins=False,
+                users={"admin": "admin", "viewer": "viewer"},
+                api_host="127.0.0.1",
             )
             for feeder in feeders.values():
                 config.connections.update(feeder.connections())
@@ -152,7 +161,7 @@ def e2e_environment(
             except BaseException:
                 _keep_logs(request.config, stack, f"{label}-startup")
                 raise
-            env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key])
+            env = E2E(stack, feeders, missing, state, asset_ids, request.config.stash[report_lines_key], statsd=statsd)
             env.metadata_dsn = pg_server.dsn(metadata_db) if metadata_db else None
             env.report(
                 f"STACK {label} up in {time.monotonic() - started:.0f}s: {', '.join(components)}; "
@@ -167,11 +176,24 @@ def e2e_environment(
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def e2e(request: pytest.FixtureRequest, pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    """The LocalExecutor stack of ``test_scenarios.py`` (module scope: stopped before the next stack starts)."""
+    """The LocalExecutor stack shared by ``test_scenarios.py``, ``test_statsd_metrics.py`` and
+    ``test_watches_page.py``; ``test_celery.py`` runs (first) on a Celery stack of its own, stopped
+    before this one starts."""
     with e2e_environment(request, pg_server, tmp_path_factory.mktemp("e2e"), label="e2e") as env:
         yield env
+
+
+def statsd_env(port: int) -> dict[str, str]:
+    """Airflow's StatsD settings pointed at the test's receiver, with tags in the InfluxDB style."""
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": str(port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -167,3 +167,43 @@ async def test_state_conn_id_naming_no_connection_raises_state_store_unavailable
                 await attempt
     finally:
         await aclose_backends()
+
+
+def test_watches_lists_cursor_and_status_as_table_and_json(
+    in_process: Any, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``trigger-kit watches``: only (namespace, name) pairs with a cursor or status are watches."""
+    main = in_process
+    status = {
+        "kind": "watcher",
+        "source": "directory",
+        "target": "asset uploads",
+        "items_delivered": 7,
+        "last_detection_at": "2026-01-01T00:00:00+00:00",
+        "last_error": {
+            "message": "PermissionError: /data/in is unreadable",
+            "at": "2026-01-01T00:00:00Z",
+            "transient": False,
+        },
+    }
+    assert main(["state", "set", "assets", "uploads", "cursor", '{"hwm": 5}']) == 0
+    assert main(["state", "set", "assets", "uploads", "status", json.dumps(status)]) == 0
+    assert main(["state", "set", "mine", "notes", "last_file", '"a.csv"']) == 0
+    capsys.readouterr()
+    assert main(["watches", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["namespace"], r["name"]) for r in rows] == [("assets", "uploads")]
+    row = rows[0]
+    assert (row["kind"], row["source"], row["target"], row["cursor_version"], row["items_delivered"]) == (
+        "watcher",
+        "directory",
+        "asset uploads",
+        1,
+        7,
+    )
+    assert row["healthy"] is False and row["seconds_since_detection"] > 0
+    text = run(cli_env, "watches")  # the console script itself, as a user runs it
+    assert text.returncode == 0, text.stderr
+    header, line = text.stdout.splitlines()
+    assert header.split()[:4] == ["WATCH", "MODE", "SOURCE", "TARGET"]
+    assert line.startswith("assets/uploads") and "v1" in line and "[FAILED] PermissionError" in line

@@ -36,3 +36,14 @@ def test_every_config_option_is_documented() -> None:
 def test_entry_point_is_registered() -> None:
     eps = entry_points(group="apache_airflow_provider")
     assert any(ep.value == "airflow_trigger_kit.provider_info:get_provider_info" for ep in eps)
+
+
+def test_watches_plugin_is_registered_through_provider_info_and_entry_point() -> None:
+    """Provider info for ``lazy_discover_providers = False``; the entry point for the default."""
+    plugin_classes = {p["plugin-class"] for p in get_provider_info()["plugins"]}
+    assert plugin_classes == {"airflow_trigger_kit.plugins.watches:TriggerKitWatchesPlugin".replace(":", ".")}
+    eps = {ep.name: ep for ep in entry_points(group="airflow.plugins")}
+    plugin = eps["trigger_kit_watches"].load()
+    assert plugin.name == "trigger_kit_watches"
+    assert [v["href"] for v in plugin.external_views] == ["/trigger-kit/watches"]
+    assert [a["url_prefix"] for a in plugin.fastapi_apps] == ["/trigger-kit"]
