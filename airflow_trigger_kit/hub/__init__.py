@@ -12,6 +12,8 @@ work once per identity and tick, then fans the result out:
 * :mod:`.channels` — S3 and Postgres watches with an equal identity share one source object, and
   their polls at the same cursor are one poll.
 * :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process.
+* S3 watches that list whole prefixes share those listings too, whatever their cursors
+  (:mod:`airflow_trigger_kit.sources.s3.listing_cache`; one cache per hub).
 * :mod:`.scheduling` — waiters and aligned ticks.
 
 Invariants (what the rest of the package relies on):
@@ -35,6 +37,7 @@ import weakref
 from airflow_trigger_kit.hub.channels import ChannelHub, ChannelSubscription
 from airflow_trigger_kit.hub.directories import DirectoryHub, DirectorySubscription
 from airflow_trigger_kit.hub.postgres_pools import DEFAULT_POOL_SIZE, PooledConnector, PostgresPools
+from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 
 
 def _pool_size() -> int:
@@ -50,6 +53,7 @@ class Hub:
         self.directories = DirectoryHub()
         self.channels = ChannelHub()
         self.postgres_pools = PostgresPools(_pool_size)
+        self.s3_listings = ListingCache()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
