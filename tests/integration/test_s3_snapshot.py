@@ -143,7 +143,7 @@ async def test_sensor_event_and_kwargs_stay_small_and_a_manual_commit_later_find
     _, kwargs = t.serialize()
     assert size(kwargs) < 1000, kwargs  # the start cursor in the trigger kwargs (metadata DB) is small
     t = S3ObjectsTrigger(**kwargs)
-    t.build_source = lambda: source_on(S3ObjectsTrigger(**kwargs), state)  # type: ignore[method-assign]
+    t.build_source = t.build_shared_source = lambda: source_on(S3ObjectsTrigger(**kwargs), state)  # type: ignore[method-assign]
 
     # Both changes land before the trigger's first poll, so its one event holds both.
     async with s3_client(s3_endpoint) as client:
@@ -183,9 +183,11 @@ async def test_watcher_commits_only_after_confirmation_and_a_crash_redelivers_wi
 ) -> None:
     bucket = unique_bucket("watch-snap")
     await create_bucket(s3_endpoint, bucket, [f"data/{n:04d}.csv" for n in range(300)])
-    t = snapshot_trigger(bucket, state, mode="watcher", max_items=3)
-    rebuilt = snapshot_trigger(bucket, state, mode="watcher", max_items=3)
-    t.build_source = lambda: source_on(rebuilt, state)  # type: ignore[method-assign]
+    # Batches of at most 3 items, backlog or not (backlog batches would take all six changes at once).
+    t = snapshot_trigger(bucket, state, mode="watcher", max_items=3, backlog_max_items=3)
+    rebuilt = snapshot_trigger(bucket, state, mode="watcher", max_items=3, backlog_max_items=3)
+    # The hub builds the watch's shared source (its chunks in the test's store).
+    t.build_source = t.build_shared_source = lambda: source_on(rebuilt, state)  # type: ignore[method-assign]
 
     producer = WatermarkProducer(t, state=state)
     stream = producer.open_stream()
