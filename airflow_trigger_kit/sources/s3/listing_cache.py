@@ -55,9 +55,16 @@ class ListingCache:
             self.shared += 1
         else:
             self.fetches += 1
-            entry = self._entries[key] = _Entry(now, loop.create_task(_run(fetch)))
+            task = loop.create_task(_run(fetch))
+            task.add_done_callback(_retrieve)  # every poll that shared it may be gone by now
+            entry = self._entries[key] = _Entry(now, task)
         # Shielded: a poll that is cancelled does not cancel the listing the others wait for.
         return await asyncio.shield(entry.task)
+
+
+def _retrieve(task: asyncio.Task[PrefixListing]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _run(fetch: Callable[[], Awaitable[PrefixListing]]) -> PrefixListing:
