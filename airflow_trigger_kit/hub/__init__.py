@@ -13,6 +13,8 @@ work once per identity and tick, then fans the result out:
   their polls at the same cursor are one poll.
 * :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process.
 * :mod:`.scheduling` — waiters and aligned ticks.
+* :mod:`.streaks` — each watcher's streak of failures, which outlives the re-creation of its
+  trigger (read by :mod:`airflow_trigger_kit.triggers.restart_backoff`).
 
 Invariants (what the rest of the package relies on):
 
@@ -35,6 +37,7 @@ import weakref
 from airflow_trigger_kit.hub.channels import ChannelHub, ChannelSubscription
 from airflow_trigger_kit.hub.directories import DirectoryHub, DirectorySubscription
 from airflow_trigger_kit.hub.postgres_pools import DEFAULT_POOL_SIZE, PooledConnector, PostgresPools
+from airflow_trigger_kit.hub.streaks import FailureStreaks
 
 
 def _pool_size() -> int:
@@ -50,6 +53,7 @@ class Hub:
         self.directories = DirectoryHub()
         self.channels = ChannelHub()
         self.postgres_pools = PostgresPools(_pool_size)
+        self.failure_streaks = FailureStreaks()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
@@ -70,6 +74,7 @@ __all__ = [
     "ChannelSubscription",
     "DirectoryHub",
     "DirectorySubscription",
+    "FailureStreaks",
     "Hub",
     "PooledConnector",
     "PostgresPools",
