@@ -66,6 +66,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_directories $(ARGS)
+	$(BIN)/python -m benchmarks.bench_postgres_waits
 	$(BIN)/python -m benchmarks.bench_postgres
 	$(BIN)/python -m benchmarks.bench_s3_memory $(ARGS)
 	$(BIN)/python -m benchmarks.bench_s3_waits $(ARGS)

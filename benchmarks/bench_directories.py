@@ -336,9 +336,9 @@ def main() -> None:
             "--interval", str(args.interval), "--idle-ticks", str(args.idle_ticks),
         ]  # fmt: skip
         a = run_variants(MODULE, ["floor", "ours-a", "filetrigger-a"], common)
-        waits_small, waits_large = (10, 30) if args.smoke else (100, 1000)
+        waits_small, waits_large = (10, 10) if args.smoke else (100, 1000)
         b: dict[str, dict[str, Any]] = {}
-        for watches in (waits_small, waits_large):
+        for watches in sorted({waits_small, waits_large}):
             b[f"ours-{watches}"] = run_variants(MODULE, ["ours-b"], [*common, "--watches", str(watches)])["ours-b"]
         b[f"per-wait-{waits_small}"] = run_variants(MODULE, ["per-wait-b"], [*common, "--watches", str(waits_small)])[
             "per-wait-b"

@@ -12,6 +12,8 @@ work once per identity and tick, then fans the result out:
 * :mod:`.channels` — S3 and Postgres watches with an equal identity share one source object, and
   their polls at the same cursor are one poll.
 * :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process.
+* S3 watches that list whole prefixes share those listings too, whatever their cursors
+  (:mod:`airflow_trigger_kit.sources.s3.listing_cache`; one cache per hub).
 * :mod:`.scheduling` — waiters and aligned ticks.
 * :mod:`.streaks` — each watcher's streak of failures, which outlives the re-creation of its
   trigger (read by :mod:`airflow_trigger_kit.triggers.restart_backoff`).
@@ -38,6 +40,7 @@ from airflow_trigger_kit.hub.channels import ChannelHub, ChannelSubscription
 from airflow_trigger_kit.hub.directories import DirectoryHub, DirectorySubscription
 from airflow_trigger_kit.hub.postgres_pools import DEFAULT_POOL_SIZE, PooledConnector, PostgresPools
 from airflow_trigger_kit.hub.streaks import FailureStreaks
+from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 
 
 def _pool_size() -> int:
@@ -54,6 +57,7 @@ class Hub:
         self.channels = ChannelHub()
         self.postgres_pools = PostgresPools(_pool_size)
         self.failure_streaks = FailureStreaks()
+        self.s3_listings = ListingCache()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

@@ -12,6 +12,7 @@ from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
 from airflow_trigger_kit.sources.base import JSON, Source
 from airflow_trigger_kit.sources.s3 import S3Source, S3WatchConfig
+from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 from airflow_trigger_kit.sources.s3.snapshot_store import SnapshotSuperseded
 from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
@@ -100,14 +101,21 @@ class S3ObjectsTrigger(IncrementalTrigger):
             return (identity, self.namespace, self.name)
         return identity
 
-    def build_source(self) -> Source:
+    def build_source(self, listings: ListingCache | None = None) -> Source:
         namespace, name = self.namespace, self.name
         return S3Source(
             self.config,
             resolve_client=functools.partial(aresolve_client_config, self.aws_conn_id),
             conn_id=self.aws_conn_id,
             chunk_store=lambda: ProcessStateChunkStore(ProcessState(namespace, name)),
+            listings=listings,
         )
+
+    def build_shared_source(self) -> Source:
+        """The hub's source: whole-prefix listings shared with every other S3 watch of the process."""
+        from airflow_trigger_kit.hub import get_hub
+
+        return self.build_source(listings=get_hub().s3_listings)
 
 
 class ProcessStateChunkStore:

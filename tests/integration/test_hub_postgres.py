@@ -177,3 +177,34 @@ def test_pools_close_when_the_event_loop_ends(orders_dsn: str, monkeypatch: pyte
     assert not thread.is_alive()
     assert 1 <= seen["during"] <= 4
     assert asyncio.run(our_connections(orders_dsn)) == 0, "a pool outlived its event loop"
+
+
+async def test_memory_stays_flat_across_ten_thousand_subscribe_and_cancel_cycles() -> None:
+    """Postgres and S3 waits subscribe to shared sources; cancelled before their first poll, they leave nothing."""
+    import gc
+    import tracemalloc
+
+    hub = get_hub().channels
+
+    async def cycles(count: int) -> None:
+        for n in range(count):
+            t = waiting_trigger("nowhere", n % 7, cursor={"v": 1}, cursor_version=1)
+            task = asyncio.ensure_future(first_payload(t))
+            for _ in range(3):
+                await asyncio.sleep(0)  # subscribed, its waiter registered
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    await cycles(1_000)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        await cycles(10_000)
+        await asyncio.sleep(0.1)  # sources of released channels close in the background
+        gc.collect()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(hub.ticker) == 0 and hub.channels == {}
+    assert after - before < 256 * 1024, f"memory grew by {after - before} bytes over 10,000 cycles"

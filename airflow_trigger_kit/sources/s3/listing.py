@@ -35,6 +35,17 @@ class PrefixListing:
     listed: int = 0
 
 
+def keep_only(listing: PrefixListing, keep: Callable[[S3Object], bool]) -> PrefixListing:
+    """What a watch keeps of a full listing (shared with other watches): the same as listing with ``keep``."""
+    kept = PrefixListing(prefix=listing.prefix, last_key=listing.last_key, complete=listing.complete)
+    kept.requests, kept.listed = listing.requests, listing.listed
+    for obj, previous in zip(listing.objects, listing.predecessors, strict=True):
+        if keep(obj):
+            kept.objects.append(obj)
+            kept.predecessors.append(previous)
+    return kept
+
+
 async def list_prefix(
     client: Any,
     config: S3WatchConfig,

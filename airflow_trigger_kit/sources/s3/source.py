@@ -15,7 +15,8 @@ from airflow_trigger_kit.sources.s3.cursor import check_cursor, empty_cursor, is
 from airflow_trigger_kit.sources.s3.detect import detect
 from airflow_trigger_kit.sources.s3.detect_window import stored_floor
 from airflow_trigger_kit.sources.s3.errors import classify_error
-from airflow_trigger_kit.sources.s3.listing import LIST_CONCURRENCY, PrefixListing, list_prefix
+from airflow_trigger_kit.sources.s3.listing import LIST_CONCURRENCY, PrefixListing, keep_only, list_prefix
+from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 from airflow_trigger_kit.sources.s3.objects import S3Object
 from airflow_trigger_kit.sources.s3.snapshot_memory import SnapshotMemory
 from airflow_trigger_kit.sources.s3.snapshot_store import ChunkStore
@@ -34,6 +35,9 @@ class S3Source(Source):
     :param chunk_store: returns where the snapshot layout keeps its chunks (the watch's own
         ProcessState, next to its cursor); called on the first snapshot poll. Required for
         ``event_kinds`` with ``modified`` or ``deleted``, unused otherwise.
+    :param listings: full listings shared with the other watches of the process (the ``window``
+        and ``snapshot`` layouts list each prefix whole; see
+        :mod:`airflow_trigger_kit.sources.s3.listing_cache`); ``None`` lists alone.
     """
 
     kind = "s3"
@@ -44,8 +48,10 @@ class S3Source(Source):
         resolve_client: ClientConfigResolver,
         conn_id: str | None,
         chunk_store: Callable[[], ChunkStore] | None = None,
+        listings: ListingCache | None = None,
     ) -> None:
         self.config = config
+        self._listings = listings
         self._resolve_client = resolve_client
         self.conn_id = conn_id
         self._chunk_store = chunk_store
@@ -152,7 +158,16 @@ class S3Source(Source):
                 return lambda o: o.last_modified >= floor and config.matches_key(o.key)
             return lambda o: config.matches_key(o.key)
 
+        shared = self._listings if config.layout != "lexicographic" and max_items is not None else None
+
+        async def whole(prefix: str) -> PrefixListing:
+            async with semaphore:
+                return await self._list_prefix(prefix, start_after=None, keep=lambda o: True, stop_after=None)
+
         async def one(prefix: str) -> PrefixListing:
+            if shared is not None:
+                listing = await shared.listing((self.conn_id, config.bucket, prefix), lambda: whole(prefix))
+                return keep_only(listing, keep_for(prefix))
             async with semaphore:
                 lexicographic = config.layout == "lexicographic"
                 return await self._list_prefix(
