@@ -309,7 +309,7 @@ def watcher_backing_off(producer: WatermarkProducer, streak: FailureStreak) -> N
 
 
 @_safe
-def watcher_recovered(producer: WatermarkProducer, streak: FailureStreak) -> None:
+def watcher_recovered(producer: WatermarkProducer) -> None:
     """A failing watcher polled successfully: the gauge back to 0, the status record recovered."""
     trigger = producer.trigger
     metrics.gauge("failure_streak", 0.0, tags=metrics.watch_tags(trigger.source_kind, trigger.namespace, trigger.name))

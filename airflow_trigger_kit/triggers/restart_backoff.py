@@ -139,7 +139,7 @@ class RestartBackoff:
             time.time() - streak.since,
             streak.last_error,
         )
-        telemetry.watcher_recovered(self.producer, streak)
+        telemetry.watcher_recovered(self.producer)
 
     async def _restore(self) -> FailureStreak | None:
         """The streak another process recorded in the status record, if recent (invariant 2)."""
