@@ -179,6 +179,10 @@ def format_watch_table(rows: list[dict[str, Any]]) -> str:
         error_text = "-"
         if error:
             state = "recovered" if r["recovered_at"] else ("retrying" if error["transient"] else "FAILED")
+            backoff = r.get("backoff")
+            if backoff and not r["recovered_at"]:
+                retry_at = str(backoff.get("next_retry_at", ""))[:19].replace("T", " ")
+                state = f"FAILED x{backoff.get('failures')}, next retry {retry_at}"
             error_text = f"[{state}] {error['message'][:80]}"
         committed = r["cursor_updated_at"][:19].replace("T", " ") if r["cursor_updated_at"] else "-"
         table.append(

@@ -12,6 +12,9 @@ Names (Airflow prefixes them with ``[metrics] statsd_prefix``, ``airflow`` by de
 * ``trigger_kit.watermark_lag`` (gauge, seconds) — at each commit, the age of the newest committed
   item (now minus the item's own time: a file's mtime, an object's LastModified, a row's first
   watermark column when it is a timestamp), tagged like ``poll_duration``.
+* ``trigger_kit.failure_streak`` (gauge) — a watcher's failed attempts in a row, set at each
+  failure (the watcher then backs off until its next retry time) and back to 0 when it recovers;
+  tagged like ``poll_duration``. Above 0 means "backing off".
 
 Which Stats: Airflow 3.3 keeps two copies of its stats module. Server components (the triggerer
 and the trigger runner it forks) initialise ``airflow._shared.observability.metrics.stats``; task

@@ -9,7 +9,11 @@ healthy".
 Invariants:
 
 1. **The status record can never affect a watermark.** It is another key: writing it never bumps
-   the cursor's version, and nothing in the delivery path ever reads it.
+   the cursor's version, and nothing in the delivery path ever reads it. One thing reads it: a
+   watcher starting in a process that has no failure streak for it takes over the ``backoff`` the
+   record holds (a restarted triggerer, an HA takeover), to wait for the recorded retry time; that
+   read is best-effort and bounded by ``retry_max_seconds``, and affects only *when* the watcher
+   polls (:mod:`airflow_trigger_kit.triggers.restart_backoff`).
 2. **Status writes are best-effort.** They are compare-and-set read-modify-writes retried a few
    times on conflict; any failure (conflict, store down, a value over the size limit) is logged at
    debug level and dropped. A status write never fails or delays a watch: in the triggerer they run
@@ -48,6 +52,8 @@ STATUS_VERSION = 1
 HISTORY_LIMIT = 10
 """Commit summaries kept in a status record (neither backend keeps old cursor versions)."""
 MAX_MESSAGE = 500
+BACKOFF_KEY = "backoff"
+"""Field of a status record present while a watcher backs off after failures in a row."""
 WRITE_ATTEMPTS = 3
 
 Record = dict[str, Any]
@@ -130,6 +136,26 @@ def record_error(record: Record, *, message: str, at: str, transient: bool) -> N
 def record_recovery(record: Record, *, at: str) -> None:
     if record.get("last_error"):
         record["recovered_at"] = at
+    record.pop(BACKOFF_KEY, None)
+
+
+def record_backoff(record: Record, *, failures: int, since: str, next_retry_at: str) -> None:
+    """A watcher failed ``failures`` times in a row and waits until ``next_retry_at`` before its
+    next attempt (see :mod:`airflow_trigger_kit.triggers.restart_backoff`)."""
+    record[BACKOFF_KEY] = {"failures": failures, "since": since, "next_retry_at": next_retry_at}
+    record.pop("recovered_at", None)
+
+
+def backoff_of(record: Any) -> dict[str, Any] | None:
+    """The backoff a status record holds (a watcher failing now), or None; tolerant of damage."""
+    backoff = record.get(BACKOFF_KEY) if isinstance(record, dict) else None
+    if not isinstance(backoff, dict):
+        return None
+    failures = backoff.get("failures")
+    since, next_retry_at = parse_time(backoff.get("since")), parse_time(backoff.get("next_retry_at"))
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1 or not since or not next_retry_at:
+        return None
+    return {"failures": failures, "since": since, "next_retry_at": next_retry_at}
 
 
 def record_rewind(record: Record, *, at: str, by: str) -> None:
@@ -197,6 +223,12 @@ class WatchStatus:
         return error if isinstance(error, dict) else None
 
     @property
+    def backoff(self) -> dict[str, Any] | None:
+        """While a watcher backs off: ``failures`` in a row, ``since`` and ``next_retry_at``."""
+        backoff = self.status.get(BACKOFF_KEY)
+        return backoff if isinstance(backoff, dict) else None
+
+    @property
     def healthy(self) -> bool:
         """No error, or the watch recovered from its last one."""
         return self.last_error is None or bool(self.status.get("recovered_at"))
@@ -226,6 +258,7 @@ class WatchStatus:
             "newest_item_at": self.status.get("newest_item_at"),
             "last_error": self.last_error,
             "recovered_at": self.status.get("recovered_at"),
+            "backoff": self.backoff,
             "healthy": self.healthy,
         }
 

@@ -13,6 +13,8 @@ hook                               called from
 :func:`batch_yielded`              ``WatermarkProducer.open_stream``, before yielding a batch
 :func:`stream_failed`              ``WatermarkProducer.open_stream``, when the stream raises
 :func:`watermark_committed`        ``WatermarkProducer._commit``, after a commit
+:func:`watcher_backing_off`        ``RestartBackoff.failed``, when a watcher's stream failed
+:func:`watcher_recovered`          ``RestartBackoff.succeeded``, at the first good poll after failures
 :func:`sensor_finished`            ``IncrementalSensor.finish``, with the event payload
 :func:`sensor_committed`           ``acommit_watermark``, after a sensor's cursor was committed
 =================================  ==========================================================
@@ -43,6 +45,7 @@ from airflow_trigger_kit.status import (
     identify,
     newest_item_time,
     now_iso,
+    record_backoff,
     record_commit,
     record_detection,
     record_error,
@@ -94,6 +97,19 @@ class WatermarkProducer(Protocol):
 
     @property
     def _source(self) -> Source | None: ...
+
+
+class FailureStreak(Protocol):
+    """A watcher's failures in a row (:class:`airflow_trigger_kit.hub.streaks.FailureStreak`)."""
+
+    @property
+    def failures(self) -> int: ...
+
+    @property
+    def since(self) -> float: ...
+
+    @property
+    def next_retry_at(self) -> float: ...
 
 
 class IncrementalSensor(Protocol):
@@ -275,6 +291,34 @@ def watermark_committed(producer: WatermarkProducer, pending: PendingCommit) -> 
         record_commit(record, version=version, at=at, items=items, events=events, newest_item_at=newest)
 
     _schedule(producer, producer.state, mutate)
+
+
+@_safe
+def watcher_backing_off(producer: WatermarkProducer, streak: FailureStreak) -> None:
+    """A watcher failed ``streak.failures`` times in a row: the ``failure_streak`` gauge, and the
+    status record's ``backoff`` (its next retry time)."""
+    trigger = producer.trigger
+    tags = metrics.watch_tags(trigger.source_kind, trigger.namespace, trigger.name)
+    metrics.gauge("failure_streak", float(streak.failures), tags=tags)
+    failures, since, retry_at = streak.failures, _iso(streak.since), _iso(streak.next_retry_at)
+    _schedule(
+        producer,
+        producer.state,
+        lambda record: record_backoff(record, failures=failures, since=since, next_retry_at=retry_at),
+    )
+
+
+@_safe
+def watcher_recovered(producer: WatermarkProducer) -> None:
+    """A failing watcher polled successfully: the gauge back to 0, the status record recovered."""
+    trigger = producer.trigger
+    metrics.gauge("failure_streak", 0.0, tags=metrics.watch_tags(trigger.source_kind, trigger.namespace, trigger.name))
+    at = now_iso()
+    _schedule(producer, producer.state, lambda record: record_recovery(record, at=at))
+
+
+def _iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc).isoformat()
 
 
 # -- sensor hooks ----------------------------------------------------------------------------------------

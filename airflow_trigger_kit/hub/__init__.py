@@ -15,6 +15,8 @@ work once per identity and tick, then fans the result out:
 * S3 watches that list whole prefixes share those listings too, whatever their cursors
   (:mod:`airflow_trigger_kit.sources.s3.listing_cache`; one cache per hub).
 * :mod:`.scheduling` — waiters and aligned ticks.
+* :mod:`.streaks` — each watcher's streak of failures, which outlives the re-creation of its
+  trigger (read by :mod:`airflow_trigger_kit.triggers.restart_backoff`).
 
 Invariants (what the rest of the package relies on):
 
@@ -37,6 +39,7 @@ import weakref
 from airflow_trigger_kit.hub.channels import ChannelHub, ChannelSubscription
 from airflow_trigger_kit.hub.directories import DirectoryHub, DirectorySubscription
 from airflow_trigger_kit.hub.postgres_pools import DEFAULT_POOL_SIZE, PooledConnector, PostgresPools
+from airflow_trigger_kit.hub.streaks import FailureStreaks
 from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 
 
@@ -53,6 +56,7 @@ class Hub:
         self.directories = DirectoryHub()
         self.channels = ChannelHub()
         self.postgres_pools = PostgresPools(_pool_size)
+        self.failure_streaks = FailureStreaks()
         self.s3_listings = ListingCache()
 
 
@@ -74,6 +78,7 @@ __all__ = [
     "ChannelSubscription",
     "DirectoryHub",
     "DirectorySubscription",
+    "FailureStreaks",
     "Hub",
     "PooledConnector",
     "PostgresPools",

@@ -130,11 +130,12 @@ class DirectoryHub:
         for waiter, result in zip(due, results, strict=True):
             if waiter.future.done():
                 continue
+            if isinstance(result, BaseException):
+                waiter.fail(result)  # not "polled": on_poll reports successful polls only
+                continue
             if result is not _NOTHING_NEW:
                 waiter.polled(seconds)
-            if isinstance(result, BaseException):
-                waiter.fail(result)
-            elif result is _NOTHING_NEW:
+            if result is _NOTHING_NEW:
                 ticker.reschedule(waiter)
             else:
                 batch, generations = result

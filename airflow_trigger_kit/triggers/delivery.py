@@ -25,7 +25,9 @@ Invariants:
    a slow metadata database slows the watch down instead of piling up uncommitted work.
 
 Transient errors (the source, or the state store) are retried with backoff inside the stream;
-permanent ones end the stream with the error, which fails the trigger loudly.
+permanent ones end the stream with the error, which fails the trigger loudly. Airflow re-creates
+the watcher, whose stream first waits out the watch's failure streak
+(:mod:`airflow_trigger_kit.triggers.restart_backoff`) — before it loads or touches the cursor.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.retry import Backoff, is_transient
 from airflow_trigger_kit.sources.base import JSON, Source
 from airflow_trigger_kit.state import ProcessState, StateConflict
+from airflow_trigger_kit.triggers.restart_backoff import RestartBackoff
 from airflow_trigger_kit.triggers.session import Watch, WatchSession, open_session
 
 MAX_IN_FLIGHT = 4
@@ -81,10 +84,13 @@ class WatermarkProducer(SharedStreamProducer):
         self._source: Source | None = None
         """What the stream watches, once open (the status record describes it)."""
         self.log = trigger.log
+        self.restarts = RestartBackoff(self)
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, Any]]:
+        await self.restarts.wait_turn()
         try:
             async with open_session(self.trigger) as session:
+                session.after_poll = self.restarts.succeeded
                 self._source = session.source
                 label = session.label
                 cursor, version = await self._load_or_baseline(session)
@@ -107,6 +113,7 @@ class WatermarkProducer(SharedStreamProducer):
                     cursor = batch.cursor
         except Exception as exc:
             telemetry.stream_failed(self, exc)
+            self.restarts.failed(exc)
             raise
 
     async def advance(self, batch: Sequence[AdvanceItem]) -> None:

@@ -40,8 +40,9 @@ class Subscription(Protocol):
         max_batch_items: int | None = None,
         on_poll: Callable[[float], None] | None = None,
     ) -> Batch:
-        """Wait until the source reports items after ``cursor``; ``on_poll(seconds)`` after each poll
-        made for this wait (not after ticks that had nothing new to compare)."""
+        """Wait until the source reports items after ``cursor``; ``on_poll(seconds)`` after each
+        successful poll made for this wait (not after failed polls, nor after ticks that had nothing
+        new to compare)."""
 
     async def baseline(self) -> JSON: ...
 
@@ -75,6 +76,8 @@ class WatchSession:
         self.settings = watch.settings
         self.subscription = subscription
         self.log = watch.log
+        self.after_poll: Callable[[], None] | None = None
+        """Called after each successful poll (a watcher's producer ends its failure streak there)."""
 
     @property
     def source(self) -> Source:
@@ -136,6 +139,8 @@ class WatchSession:
     def _polled(self, seconds: float) -> None:
         """The hub did this watch's polling work (a query, a listing, a comparison) in ``seconds``."""
         telemetry.poll_finished(self.watch, seconds)
+        if self.after_poll is not None:
+            self.after_poll()
 
     def _check_cursor_size(self, cursor: JSON) -> None:
         size = len(json.dumps(cursor, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
