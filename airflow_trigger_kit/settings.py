@@ -37,6 +37,7 @@ class CommonTriggerKwargs(TypedDict, total=False):
     cursor_version: int
     retry_base_seconds: float
     retry_max_seconds: float
+    reconcile_interval: float
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class WatchSettings:
     :param start_from: first run only: ``"now"`` reports only what appears later; ``"beginning"``
         reports what already exists.
     :param poll_interval: seconds between polls that found nothing.
+    :param reconcile_interval: seconds between polls that found nothing while the watch's change
+        notifications are live (inotify for directories, ``notify_channel`` for Postgres,
+        ``sqs_queue_url`` for S3): a notification wakes the watch at once, and this rarer poll
+        finds whatever no notification announced. Without live notifications, ``poll_interval``
+        applies.
     :param max_items: most items in one event while the watch is caught up; the rest follow in the
         next events.
     :param backlog_max_items: most items in one event while a backlog drains (a poll came back
@@ -73,6 +79,7 @@ class WatchSettings:
     cursor_version: int = 0
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+    reconcile_interval: float = 60.0
 
     def __post_init__(self) -> None:
         try:
@@ -87,6 +94,7 @@ class WatchSettings:
         _positive("poll_interval", self.poll_interval)
         _positive("retry_base_seconds", self.retry_base_seconds)
         _positive("retry_max_seconds", self.retry_max_seconds)
+        _positive("reconcile_interval", self.reconcile_interval)
         if isinstance(self.max_items, bool) or not isinstance(self.max_items, int) or self.max_items < 1:
             raise ValueError(f"max_items must be an integer >= 1, got {self.max_items!r}")
         if self.backlog_max_items is not None and (
@@ -116,6 +124,7 @@ class WatchSettings:
             "max_items": self.max_items,
             "retry_base_seconds": self.retry_base_seconds,
             "retry_max_seconds": self.retry_max_seconds,
+            "reconcile_interval": self.reconcile_interval,
         }
         if self.backlog_max_items is not None:
             kwargs["backlog_max_items"] = self.backlog_max_items

@@ -30,6 +30,7 @@ def directory_asset(
     start_from: str = "now",
     poll_interval: float = 5.0,
     max_items: int = 500,
+    reconcile_interval: float = 60.0,
     uri: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Asset:
@@ -51,5 +52,6 @@ def directory_asset(
         start_from=start_from,  # type: ignore[arg-type]
         poll_interval=poll_interval,
         max_items=max_items,
+        reconcile_interval=reconcile_interval,
     )
     return watched_asset(name, trigger, uri=uri, extra=extra)

@@ -44,6 +44,7 @@ def s3_asset(
     start_from: StartFrom = "now",
     poll_interval: float = 30.0,
     max_items: int = 500,
+    reconcile_interval: float = 60.0,
     uri: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Asset:
@@ -73,6 +74,7 @@ def s3_asset(
         start_from=start_from,
         poll_interval=poll_interval,
         max_items=max_items,
+        reconcile_interval=reconcile_interval,
     )
     return watched_asset(name, trigger, uri=uri, extra=extra)
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable
 
 from airflow_trigger_kit import metrics
-from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
+from airflow_trigger_kit.hub.scheduling import Liveness, Ticker, Waiter
 from airflow_trigger_kit.sources.base import JSON, Batch, Source, poll_batch
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Channel:
         """Polls made through this channel (for tests and benchmarks)."""
         self.running: dict[tuple[str, int, int], asyncio.Task[tuple[Batch, float]]] = {}
         self.slots = asyncio.Semaphore(MAX_POLLS_PER_CHANNEL)
+        self.listener: Liveness | None = None
+        """The change-notification listener that hints this channel's waiters, if any."""
 
 
 class ChannelHub:
@@ -148,12 +150,15 @@ class ChannelSubscription:
         poll_interval: float,
         max_batch_items: int | None = None,
         on_poll: Callable[[float], None] | None = None,
+        reconcile_interval: float | None = None,
     ) -> Batch:
         """Wait until the source reports items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(
             cursor, max_items, poll_interval, future, self.channel, cursor_key(cursor), max_batch_items, on_poll
         )
+        waiter.listener = self.channel.listener
+        waiter.reconcile = reconcile_interval or poll_interval
         return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:

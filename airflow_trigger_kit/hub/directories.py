@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow_trigger_kit import metrics
-from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
+from airflow_trigger_kit.hub.scheduling import Liveness, Ticker, Waiter
 from airflow_trigger_kit.sources.base import JSON, Batch
 from airflow_trigger_kit.sources.directory import (
     DirectoryListings,
@@ -222,6 +222,8 @@ class DirectorySubscription:
         self.filter = FileFilter.of(config)
         self.closed = False
         self.source = DirectorySource(config)  # describe/describe_cursor; never polled
+        self.listener: Liveness | None = None
+        """The change-notification listener that hints this subscription's waiters, if any."""
 
     async def next_batch(
         self,
@@ -230,12 +232,15 @@ class DirectorySubscription:
         poll_interval: float,
         max_batch_items: int | None = None,
         on_poll: Callable[[float], None] | None = None,
+        reconcile_interval: float | None = None,
     ) -> Batch:
         """Wait until the directories hold items after ``cursor``; the batch that covers them."""
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(
             cursor, max_items, poll_interval, future, self, max_batch_items=max_batch_items, on_poll=on_poll
         )
+        waiter.listener = self.listener
+        waiter.reconcile = reconcile_interval or poll_interval
         return await self.hub.ticker.wait(waiter)
 
     async def baseline(self) -> JSON:

@@ -12,6 +12,9 @@ waits. Design:
   so the hundreds of triggers a triggerer starts at once share their first tick too.
 * **Busy waiters are skipped.** A poller that polls in the background marks its waiters busy and
   reschedules them when the poll ends; a waiter is never in two polls at once.
+* **Hints wake early** (:meth:`Ticker.hint`, from :mod:`.notifications`): a hinted waiter is due
+  at once; one in a poll is polled once more right after it. While a waiter's listener is live,
+  its regular polls come every ``reconcile`` seconds instead of every ``interval``.
 * **Nothing leaks.** A waiter leaves the ticker when its wait ends (a batch, an error, a cancelled
   trigger); the ticker's task ends when no waiter is left.
 """
@@ -24,7 +27,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_trigger_kit.sources.base import JSON, Batch
 
@@ -32,6 +35,15 @@ log = logging.getLogger(__name__)
 
 GATHER_SECONDS = 0.02
 """How long a newly arrived waiter waits for others to share its first poll."""
+HINT_DELAY = 0.01
+"""Seconds a hint waits for others before it wakes its waiters (one poll for a burst)."""
+
+
+class Liveness(Protocol):
+    """What a waiter knows of its notification listener: whether it is live now."""
+
+    @property
+    def live(self) -> bool: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +70,20 @@ class Waiter:
     seen: tuple[int, ...] | None = None
     """What the waiter was last compared with (a poller's notion: listing generations)."""
     unsettled: bool = False
+    listener: Liveness | None = None
+    """The notification listener that hints this waiter, if any (:mod:`.notifications`)."""
+    reconcile: float = 60.0
+    """Seconds between regular polls while ``listener`` is live (``reconcile_interval``)."""
+    hinted: bool = False
+    """A hint arrived while the waiter was in a poll: poll again right after it."""
+    next_at: float | None = None
+    """Set by a poller: poll again no later than this loop time (files that settle then, say)."""
+
+    def regular_interval(self) -> float:
+        """Seconds between polls that found nothing: ``reconcile`` while the listener is live."""
+        if self.listener is not None and self.listener.live:
+            return self.reconcile
+        return self.interval
 
     def polled(self, seconds: float) -> None:
         if self.on_poll is not None:
@@ -83,6 +109,8 @@ class Ticker:
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         """Ticks completed so far."""
+        self.hints = 0
+        """Hint flushes that made at least one waiter due early."""
         self.observers: list[Callable[[], None]] = []
         """Called right after each tick (tests and benchmarks read exact per-tick counts there)."""
 
@@ -111,11 +139,39 @@ class Ticker:
             self._wake.set()  # lets the ticker's task end when it was the last one
 
     def reschedule(self, waiter: Waiter, *, at_once: bool = False) -> None:
-        """Make ``waiter`` due at its next aligned tick (or at once, when it has more to fetch)."""
+        """Make ``waiter`` due at its next aligned tick (or at once, when it has more to fetch).
+
+        Sooner when a hint arrived during its poll, or when its poller asked for ``next_at``.
+        """
         now = asyncio.get_running_loop().time()
         waiter.busy = False
-        waiter.due = now if at_once else (math.floor(now / waiter.interval) + 1) * waiter.interval
+        interval = waiter.regular_interval()
+        due = now if at_once else (math.floor(now / interval) + 1) * interval
+        if waiter.hinted:
+            waiter.hinted = False
+            due = min(due, now + HINT_DELAY)
+        if waiter.next_at is not None:
+            due = min(due, max(now, waiter.next_at))
+            waiter.next_at = None
+        waiter.due = due
         self._wake.set()
+
+    def hint(self, wanted: Callable[[Waiter], bool]) -> int:
+        """Make every waiter ``wanted`` selects due now (one in a poll: right after it); how many."""
+        now = asyncio.get_running_loop().time()
+        woken = 0
+        for waiter in self._waiters:
+            if waiter.future.done() or not wanted(waiter):
+                continue
+            woken += 1
+            if waiter.busy:
+                waiter.hinted = True
+            elif waiter.due > now:
+                waiter.due = now
+        if woken:
+            self.hints += 1
+            self._wake.set()
+        return woken
 
     def wake(self) -> None:
         self._wake.set()

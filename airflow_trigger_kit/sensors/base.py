@@ -56,6 +56,8 @@ class IncrementalSensor(BaseSensorOperator):
         default_deferrable``).
     :param retry_base_seconds: first backoff delay after a transient error in the trigger.
     :param retry_max_seconds: longest backoff delay.
+    :param reconcile_interval: seconds between the trigger's polls while its change notifications
+        are live (``poke_interval`` otherwise); see the notifications section of each watch's docs.
 
     ``poke_interval``, ``timeout``, ``soft_fail`` and ``mode`` behave as in Airflow's sensors;
     ``poke_interval`` is also the trigger's polling interval.
@@ -76,6 +78,7 @@ class IncrementalSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 60.0,
+        reconcile_interval: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,6 +93,7 @@ class IncrementalSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
+        self.reconcile_interval = reconcile_interval
         # Validate the common settings now, at DAG parse time, naming the sensor's own parameters:
         # the trigger calls poke_interval "poll_interval" and the state identity "namespace"/"name".
         if self.poke_interval <= 0:
@@ -123,6 +127,7 @@ class IncrementalSensor(BaseSensorOperator):
             cursor_version=version,
             retry_base_seconds=self.retry_base_seconds,
             retry_max_seconds=self.retry_max_seconds,
+            reconcile_interval=self.reconcile_interval,
         )
 
     def make_trigger(self, namespace: str, name: str, cursor: JSON = None, version: int = 0) -> IncrementalTrigger:

@@ -39,10 +39,12 @@ class Subscription(Protocol):
         poll_interval: float,
         max_batch_items: int | None = None,
         on_poll: Callable[[float], None] | None = None,
+        reconcile_interval: float | None = None,
     ) -> Batch:
         """Wait until the source reports items after ``cursor``; ``on_poll(seconds)`` after each
         successful poll made for this wait (not after failed polls, nor after ticks that had nothing
-        new to compare)."""
+        new to compare). While the subscription's change notifications are live, polls that find
+        nothing come every ``reconcile_interval`` instead of every ``poll_interval``."""
 
     async def baseline(self) -> JSON: ...
 
@@ -107,7 +109,12 @@ class WatchSession:
         while True:
             try:
                 batch = await self.subscription.next_batch(
-                    cursor, settings.max_items, settings.poll_interval, settings.max_batch_items, self._polled
+                    cursor,
+                    settings.max_items,
+                    settings.poll_interval,
+                    settings.max_batch_items,
+                    self._polled,
+                    settings.reconcile_interval,
                 )
             except Exception as exc:
                 telemetry.poll_failed(self.watch, exc)
