@@ -15,6 +15,10 @@ Names (Airflow prefixes them with ``[metrics] statsd_prefix``, ``airflow`` by de
 * ``trigger_kit.failure_streak`` (gauge) — a watcher's failed attempts in a row, set at each
   failure (the watcher then backs off until its next retry time) and back to 0 when it recovers;
   tagged like ``poll_duration``. Above 0 means "backing off".
+* ``trigger_kit.listener_up`` (gauge) — 1 while a change-notification listener is live, 0 while
+  its watches fall back to ``poll_interval``; tagged ``source`` and ``listener``.
+* ``trigger_kit.listener_failures`` (counter) — a listener failed and reconnects with backoff.
+* ``trigger_kit.hints`` (counter) — coalesced notification hints that woke watches early.
 
 Which Stats: Airflow 3.3 keeps two copies of its stats module. Server components (the triggerer
 and the trigger runner it forks) initialise ``airflow._shared.observability.metrics.stats``; task
