@@ -340,10 +340,16 @@ class DirectoryWatches:
             return False
         try:
             if self.max_watches is not None and len(self._paths_by_wd) >= self.max_watches:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            watch = inotify.add_watch(path, mask)
+                refused: int | None = errno.ENOSPC  # as the kernel answers past max_user_watches
+            else:
+                watch = inotify.add_watch(path, mask)
+                refused = None
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            refused = exc.errno or -1
+            if refused not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ENOSPC):
+                log.debug("trigger-kit directories: cannot watch %s: %s", path, exc)
+        if refused is not None:
+            if refused == errno.ENOSPC:
                 self.refusals += 1
                 self._full = True
                 if not self._warned_full:
@@ -355,8 +361,6 @@ class DirectoryWatches:
                         "`sysctl fs.inotify.max_user_watches=524288`",
                         path,
                     )
-            elif exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
-                log.debug("trigger-kit directories: cannot watch %s: %s", path, exc)
             return False
         if self._full:
             self._full = False
