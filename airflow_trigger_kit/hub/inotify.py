@@ -9,7 +9,9 @@ can count, move and drop them), reports ``inotify_add_watch`` errors as ``OSErro
 event loop's reader calls us when it is readable). ``watchfiles`` was not chosen: it runs its own
 thread with its own debouncing, watches trees recursively by itself (no control over the number of
 kernel watches, no per-directory ``ENOSPC``), and reports changes as paths only, so none of the
-limits below could be handled per directory.
+limits below could be handled per directory. (asyncinotify 4.4's ``InitFlags.NONBLOCK`` is
+``O_CLOEXEC`` by mistake, so :func:`open_inotify` makes the descriptor non-blocking itself: the
+loop's reader reads it until ``EAGAIN`` and must never block.)
 
 Design and invariants (with :mod:`.notifications`, whose rules hold here unchanged):
 
