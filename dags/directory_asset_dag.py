@@ -26,6 +26,10 @@ client_uploads = directory_asset(
     patterns=["*.csv", "*.json"],
     settle_seconds=2,
     poll_interval=2,
+    # inotify wakes the watch about settle_seconds after a file is closed; the poll every
+    # reconcile_interval catches anything no notification announced (NFS shares poll every poll_interval).
+    notify=True,
+    reconcile_interval=60,
 )
 
 with DAG(

@@ -31,6 +31,7 @@ def directory_asset(
     poll_interval: float = 5.0,
     max_items: int = 500,
     reconcile_interval: float = 60.0,
+    notify: bool = True,
     uri: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Asset:
@@ -53,5 +54,6 @@ def directory_asset(
         poll_interval=poll_interval,
         max_items=max_items,
         reconcile_interval=reconcile_interval,
+        notify=notify,
     )
     return watched_asset(name, trigger, uri=uri, extra=extra)

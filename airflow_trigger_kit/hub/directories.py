@@ -22,6 +22,11 @@ Design and invariants:
   reports, its dedup ids and its cursor are exactly those of the watch polling on its own.
 * **Quiet directories stay known** across the re-creation of a trigger in the same process: the
   cache keeps listings without subscribers (bounded, least recently used first out).
+* **Change notifications** (:mod:`.inotify`, watches with ``notify=True``): one inotify instance
+  and one kernel watch per directory, managed on the same worker thread inside the ticks (a
+  directory is watched before it is listed); events wake the directory's waiters. A waiter whose
+  directories are all watched polls every ``reconcile_interval``, and a waiter with files still
+  settling is polled again when the first of them settles (``Waiter.next_at``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow_trigger_kit import metrics
+from airflow_trigger_kit.hub.inotify import DirectoryListener, DirectoryLiveness, DirectoryWatches
 from airflow_trigger_kit.hub.scheduling import Liveness, Ticker, Waiter
 from airflow_trigger_kit.sources.base import JSON, Batch
 from airflow_trigger_kit.sources.directory import (
@@ -71,6 +77,9 @@ def _quiet(result: Any) -> bool:
 
 PENDING_DRAIN_AT = 256
 """Queued subscription changes that make the hub apply them without waiting for a tick."""
+SETTLED_REPOLL_FLOOR = 0.05
+"""Soonest re-poll (seconds) for files still settling, so a file written continuously costs a poll
+per this much at most."""
 
 
 class DirectoryHub:
@@ -87,6 +96,13 @@ class DirectoryHub:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.hops = 0
         """Hops to the worker thread so far (ticks, subscriptions, baselines)."""
+        self.watches = DirectoryWatches()
+        """The kernel watches (worker thread only; see :mod:`.inotify`)."""
+        self.listener = DirectoryListener(self)
+        """Kernel change notifications for every watch with ``notify=True``."""
+        self._notify_subscribers = 0
+        self._settle: dict[str, collections.Counter[float]] = {}
+        self._stopping: asyncio.Task[None] | None = None
 
     # -- the worker thread ---------------------------------------------------------------------------
     async def run(self, fn: Callable[[], T]) -> T:
@@ -108,11 +124,67 @@ class DirectoryHub:
     # -- subscriptions -------------------------------------------------------------------------------
     def subscribe(self, config: DirectoryWatchConfig) -> DirectorySubscription:
         """Register a watch (applied on the hub's thread before its next job)."""
-        self._queue(lambda: self.listings.subscribe(config))
-        return DirectorySubscription(self, config, [ListingKey.of(config, d) for d in config.directories])
+        keys = [ListingKey.of(config, d) for d in config.directories]
+
+        def change() -> None:
+            self.listings.subscribe(config)
+            self.watches.subscribe(config, keys)
+
+        self._queue(change)
+        sub = DirectorySubscription(self, config, keys)
+        if config.notify:
+            for d in config.directories:
+                self._settle.setdefault(d, collections.Counter())[config.settle_seconds] += 1
+            self._notify_subscribers += 1
+            if self._notify_subscribers == 1:
+                self._start_listener()
+            sub.listener = DirectoryLiveness(self.listener, self.watches, keys)
+        return sub
 
     def unsubscribe(self, config: DirectoryWatchConfig) -> None:
-        self._queue(lambda: self.listings.unsubscribe(config))
+        keys = [ListingKey.of(config, d) for d in config.directories]
+
+        def change() -> None:
+            self.listings.unsubscribe(config)
+            self.watches.unsubscribe(config, keys)
+
+        self._queue(change)
+        if config.notify:
+            for d in config.directories:
+                settles = self._settle.get(d)
+                if settles is not None:
+                    settles[config.settle_seconds] -= 1
+                    if settles[config.settle_seconds] <= 0:
+                        del settles[config.settle_seconds]
+                    if not settles:
+                        del self._settle[d]
+            self._notify_subscribers -= 1
+            if self._notify_subscribers == 0:
+                # The last watch with notifications ended: stop listening (the next one starts again).
+                self._stopping = asyncio.get_running_loop().create_task(self.listener.stop())
+
+    def _start_listener(self) -> None:
+        stopping = self._stopping
+        if stopping is not None and not stopping.done():
+            # Still stopping from the last unsubscribe: start once that is done (start() would be a no-op now).
+            stopping.add_done_callback(lambda _: self.listener.start() if self._notify_subscribers else None)
+        else:
+            self.listener.start()
+
+    def settle_seconds_of(self, directory: str) -> float:
+        """The smallest ``settle_seconds`` of the watches with notifications on ``directory``."""
+        settles = self._settle.get(directory)
+        return min(settles) if settles else 0.0
+
+    def queue_change(self, change: Callable[[], object]) -> None:
+        """Run ``change`` on the hub's thread before its next job (from the event loop)."""
+        self._queue(change)
+
+    def apply_soon(self, change: Callable[[], object]) -> None:
+        """Run ``change`` on the hub's thread soon, even when no tick is coming."""
+        self._queue(change)
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_task(self.run(lambda: None))
 
     def _queue(self, change: Callable[[], object]) -> None:
         self._pending.append(change)
@@ -123,10 +195,14 @@ class DirectoryHub:
     # -- ticks -----------------------------------------------------------------------------------------
     async def _tick(self, due: list[Waiter]) -> None:
         started = time.monotonic()
-        results = await self.run(lambda: self._tick_blocking(due))
+        rewatched: list[str] = []
+        results = await self.run(lambda: self._tick_blocking(due, rewatched))
         seconds = time.monotonic() - started
         metrics.incr("polls", len(due), source="directory")
         ticker = self.ticker
+        for directory in rewatched:
+            self.listener.rewatched(directory)
+        loop = asyncio.get_running_loop()
         for waiter, result in zip(due, results, strict=True):
             if waiter.future.done():
                 continue
@@ -145,10 +221,16 @@ class DirectoryHub:
                 waiter.cursor = batch.cursor
                 waiter.seen = generations
                 waiter.unsettled = bool(batch.stats.get("unsettled"))
+                settles_at_ns = int(batch.stats.get("settles_at_ns") or 0)  # type: ignore[call-overload]
+                if waiter.unsettled and settles_at_ns and waiter.listener is not None and waiter.listener.live:
+                    # Notified watches poll rarely: come back when the first settling file can be reported.
+                    wait = max(SETTLED_REPOLL_FLOOR, (settles_at_ns - time.time_ns()) / 1e9)
+                    waiter.next_at = loop.time() + wait
                 ticker.reschedule(waiter)
 
-    def _tick_blocking(self, due: list[Waiter]) -> list[Any]:
+    def _tick_blocking(self, due: list[Waiter], rewatched: list[str]) -> list[Any]:
         listings = self.listings
+        watches = self.watches
         refreshed: dict[ListingKey, tuple[Listing, bool] | BaseException] = {}
         now = time.time_ns()
         results: list[Any] = []
@@ -158,7 +240,12 @@ class DirectoryHub:
             for key in sub.keys:
                 if key not in refreshed:
                     try:
-                        refreshed[key] = listings.refresh(key, now)
+                        notify = watches.wants(key)
+                        if notify:
+                            watches.before_listing(key)
+                        refreshed[key] = result = listings.refresh(key, now)
+                        if notify and watches.after_listing(key, result[0]):
+                            rewatched.append(key.directory)
                     except Exception as exc:
                         refreshed[key] = exc
             failed = next((r for k in sub.keys if isinstance(r := refreshed[k], BaseException)), None)

@@ -15,7 +15,7 @@ class MultiDirectorySensor(IncrementalSensor):
 
     Parameters as :class:`~airflow_trigger_kit.triggers.MultiDirectoryTrigger` (``directories``,
     ``patterns``, ``recursive``, ``ignore_patterns``, ``event_kinds``, ``settle_seconds``,
-    ``lookback_seconds``) plus those of :class:`~airflow_trigger_kit.sensors.base.IncrementalSensor`.
+    ``lookback_seconds``, ``notify``) plus those of :class:`~airflow_trigger_kit.sensors.base.IncrementalSensor`.
     """
 
     trigger_class = MultiDirectoryTrigger
@@ -31,6 +31,7 @@ class MultiDirectorySensor(IncrementalSensor):
         event_kinds: str | Sequence[str] = ("created",),
         settle_seconds: float = 5.0,
         lookback_seconds: float = 60.0,
+        notify: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -41,6 +42,7 @@ class MultiDirectorySensor(IncrementalSensor):
         self.event_kinds = event_kinds
         self.settle_seconds = settle_seconds
         self.lookback_seconds = lookback_seconds
+        self.notify = notify
         if not _templated(directories) and not _templated(patterns):
             self.source_kwargs()  # validate at DAG parse time
 
@@ -53,6 +55,7 @@ class MultiDirectorySensor(IncrementalSensor):
             event_kinds=self.event_kinds,
             settle_seconds=self.settle_seconds,
             lookback_seconds=self.lookback_seconds,
+            notify=self.notify,
         ).to_kwargs()
 
 

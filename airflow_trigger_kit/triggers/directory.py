@@ -23,7 +23,10 @@ class MultiDirectoryTrigger(IncrementalTrigger):
     """Fires when files appear, change or vanish in any of several directories.
 
     Reports which file was found where (directory, path, relative path, size, mtime, kind) and
-    reports a file only after it stopped changing for ``settle_seconds``. Parameters are listed in
+    reports a file only after it stopped changing for ``settle_seconds``. With ``notify=True`` (the
+    default) kernel change notifications wake the watch early where the platform and file system
+    send them (:mod:`airflow_trigger_kit.hub.inotify`); what it reports is always what a poll
+    finds. Parameters are listed in
     ``docs/directory.md``; the common ones (``namespace``, ``name``, ``mode``, ``start_from``,
     ``poll_interval``, ``max_items``, retries) in :class:`~airflow_trigger_kit.settings.WatchSettings`.
 
@@ -47,6 +50,7 @@ class MultiDirectoryTrigger(IncrementalTrigger):
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
         poll_interval: float = 5.0,
+        notify: bool = True,
         **common: Unpack[CommonTriggerKwargs],
     ) -> None:
         self.config = DirectoryWatchConfig.create(
@@ -57,6 +61,7 @@ class MultiDirectoryTrigger(IncrementalTrigger):
             event_kinds=event_kinds,
             settle_seconds=settle_seconds,
             lookback_seconds=lookback_seconds,
+            notify=notify,
         )
         settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
         super().__init__(source_kwargs=self.config.to_kwargs(), settings=settings)

@@ -25,7 +25,15 @@ from tests.triggerer_harness import wait_until
 
 pytestmark = pytest.mark.integration
 
-FAST = {"settle_seconds": 0.1, "poll_interval": 0.1, "retry_base_seconds": 0.05, "retry_max_seconds": 0.2}
+# These tests count the work of polling itself (stats, listings, hops per tick): notifications off, so
+# every tick comes from poll_interval (tests/integration/test_directory_notifications.py covers them).
+FAST = {
+    "settle_seconds": 0.1,
+    "poll_interval": 0.1,
+    "retry_base_seconds": 0.05,
+    "retry_max_seconds": 0.2,
+    "notify": False,
+}
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ CASES = [
         "max_items": 50,
         "retry_base_seconds": 0.5,
         "retry_max_seconds": 5,
+        "notify": False,
+        "reconcile_interval": 30,
     },
     {
         "directories": "/data/a",

@@ -26,6 +26,8 @@ class DirectoryWatchConfig:
     event_kinds: tuple[str, ...] = ("created",)
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS
+    notify: bool = True
+    """Wake the watch by kernel change notifications (inotify) where they work; polling stays the truth."""
 
     @classmethod
     def create(
@@ -38,6 +40,7 @@ class DirectoryWatchConfig:
         event_kinds: str | Sequence[str] = ("created",),
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+        notify: bool = True,
     ) -> DirectoryWatchConfig:
         dirs = _string_list("directories", directories)
         if not dirs:
@@ -68,6 +71,10 @@ class DirectoryWatchConfig:
         kinds = _event_kinds(event_kinds)
         if not isinstance(recursive, bool):
             raise ValueError(f"recursive must be True or False, got {recursive!r}")
+        if not isinstance(notify, bool):
+            raise ValueError(
+                f"notify must be True (wake on kernel change notifications) or False (poll only), got {notify!r}"
+            )
         settle = _non_negative("settle_seconds", settle_seconds)
         lookback = _non_negative("lookback_seconds", lookback_seconds)
         return cls(
@@ -78,6 +85,7 @@ class DirectoryWatchConfig:
             event_kinds=kinds,
             settle_seconds=settle,
             lookback_seconds=lookback,
+            notify=notify,
         )
 
     def to_kwargs(self) -> dict[str, JSON]:
@@ -89,6 +97,7 @@ class DirectoryWatchConfig:
             "event_kinds": list(self.event_kinds),
             "settle_seconds": self.settle_seconds,
             "lookback_seconds": self.lookback_seconds,
+            "notify": self.notify,
         }
 
     @property

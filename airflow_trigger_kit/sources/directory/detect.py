@@ -136,6 +136,7 @@ def detect(
     reportable: list[_Candidate] = []
     silent: list[_Candidate] = []
     waiting: dict[str, int] = {}
+    settles_at: list[int] = []
     for scan in scans:
         if not scan.exists:
             continue
@@ -144,11 +145,12 @@ def detect(
             state = dirs[scan.directory] = {"known": {}} if config.uses_snapshot else {"hwm": 0, "edge": {}}
             changed.add(scan.directory)
         if config.uses_snapshot:
-            found, unsettled = _snapshot_candidates(state, scan, now_ns, settle_ns)
+            found, unsettled, oldest_hot = _snapshot_candidates(state, scan, now_ns, settle_ns)
         else:
-            found, unsettled = _watermark_candidates(state, scan, now_ns, settle_ns, lookback_ns)
+            found, unsettled, oldest_hot = _watermark_candidates(state, scan, now_ns, settle_ns, lookback_ns)
         if unsettled:
             waiting[scan.directory] = unsettled
+            settles_at.append(oldest_hot)
         for c in found:
             (reportable if c.kind in config.event_kinds else silent).append(c)
     # Apply changes in stamp order up to the max_items-th reportable one, so the cursor never moves
@@ -170,7 +172,13 @@ def detect(
         items=[c.item() for c in taken],
         cursor=new_cursor,
         more=more,
-        stats={"unsettled": sum(waiting.values()), "unsettled_by_directory": waiting},
+        stats={
+            "unsettled": sum(waiting.values()),
+            "unsettled_by_directory": waiting,
+            # When the first still-settling file can be reported (wall clock, ns; 0: none settling), so
+            # a poller can come back then instead of at its next regular poll.
+            "settles_at_ns": min(settles_at) + settle_ns if settles_at else 0,
+        },
     )
 
 
@@ -180,12 +188,14 @@ def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def _watermark_candidates(
     state: dict[str, Any], scan: DirectoryScan, now_ns: int, settle_ns: int, lookback_ns: int
-) -> tuple[list[_Candidate], int]:
+) -> tuple[list[_Candidate], int, int]:
+    """New files above the watermark, how many are still settling, and the oldest stamp of those."""
     hwm: int = state["hwm"]
     edge: dict[str, list[int]] = state["edge"]
     seen_below = max(hwm - lookback_ns, state.get("floor", hwm - lookback_ns))
     found: list[_Candidate] = []
     unsettled = 0
+    oldest_hot = 0
     stamps, rels = scan.by_stamp
     files = scan.files
     for rel in rels[bisect_right(stamps, seen_below) :]:  # only what is above the watermark
@@ -195,11 +205,13 @@ def _watermark_candidates(
         if seen is not None and seen[0] == inode and seen[1] == stamp:
             continue
         if now_ns - stamp < settle_ns:
+            if not unsettled:
+                oldest_hot = stamp  # rels are in stamp order: the first hot one is the oldest
             unsettled += 1
             continue
         kind = "modified" if seen is not None and seen[0] == inode else "created"
         found.append(_Candidate(scan.directory, rel, kind, inode, size, mtime_ns, stamp))
-    return found, unsettled
+    return found, unsettled, oldest_hot
 
 
 def _apply_watermark(state: dict[str, Any], c: _Candidate) -> None:
@@ -226,16 +238,19 @@ def _prune_edge(state: dict[str, Any], lookback_ns: int, limit: int) -> None:
 
 def _snapshot_candidates(
     state: dict[str, Any], scan: DirectoryScan, now_ns: int, settle_ns: int
-) -> tuple[list[_Candidate], int]:
+) -> tuple[list[_Candidate], int, int]:
+    """Changed, new and deleted files, how many are still settling, and the oldest stamp of those."""
     known: dict[str, list[int]] = state["known"]
     found: list[_Candidate] = []
     unsettled = 0
+    oldest_hot = 0
     for rel, st in scan.files.items():
         prev = known.get(rel)
         inode, size, mtime_ns, stamp = st
         if prev is not None and prev[0] == inode and prev[1] == size and prev[2] == mtime_ns:
             continue
         if now_ns - stamp < settle_ns:
+            oldest_hot = stamp if not unsettled else min(oldest_hot, stamp)
             unsettled += 1
             continue
         kind = "modified" if prev is not None and prev[0] == inode else "created"
@@ -243,7 +258,7 @@ def _snapshot_candidates(
     for rel, prev in known.items():
         if rel not in scan.files:
             found.append(_Candidate(scan.directory, rel, "deleted", prev[0], prev[1], prev[2], 0))
-    return found, unsettled
+    return found, unsettled, oldest_hot
 
 
 def _apply_snapshot(state: dict[str, Any], c: _Candidate) -> None:

@@ -131,14 +131,21 @@ class DirectoryScan:
 # One pass over a directory
 # --------------------------------------------------------------------------------------------------
 def list_files(
-    path: str, *, recursive: bool, accepts: Callable[[str], object], ignores_dir: Callable[[str], bool]
+    path: str,
+    *,
+    recursive: bool,
+    accepts: Callable[[str], object],
+    ignores_dir: Callable[[str], bool],
+    subdirs: list[str] | None = None,
 ) -> dict[str, FileStat]:
     """Matching regular files under ``path`` (``FileNotFoundError`` when it is gone).
 
-    ``accepts(name)`` is truthy for a wanted file name; it runs before any ``stat``.
+    ``accepts(name)`` is truthy for a wanted file name; it runs before any ``stat``. ``subdirs``, when
+    given, receives the relative path of every subdirectory descended into (a recursive listing's
+    change notifications watch them).
     """
     files: dict[str, FileStat] = {}
-    _list_into(path, "", files, recursive, accepts, ignores_dir, top_level=True)
+    _list_into(path, "", files, recursive, accepts, ignores_dir, top_level=True, subdirs=subdirs)
     return files
 
 
@@ -155,6 +162,7 @@ def _list_into(
     ignores_dir: Callable[[str], bool],
     *,
     top_level: bool,
+    subdirs: list[str] | None = None,
 ) -> None:
     try:
         iterator = os.scandir(path)
@@ -175,7 +183,11 @@ def _list_into(
                 if recursive and entry.is_dir():
                     if not ignores_dir(name):
                         sub = f"{prefix}{name}/"
-                        _list_into(entry.path, sub, files, recursive, accepts, ignores_dir, top_level=False)
+                        if subdirs is not None:
+                            subdirs.append(prefix + name)
+                        _list_into(
+                            entry.path, sub, files, recursive, accepts, ignores_dir, top_level=False, subdirs=subdirs
+                        )
                     continue
                 if not accepts(name):
                     continue
@@ -259,6 +271,8 @@ class Listing:
     settle_ns: Counter[int] = field(default_factory=Counter)
     fresh_stats_users: int = 0
     views: dict[FileFilter, DirectoryScan] = field(default_factory=dict)
+    subdirs: tuple[str, ...] = ()
+    """Relative paths of the subdirectories a recursive listing descended into (its last listing)."""
 
     @property
     def subscribers(self) -> int:
@@ -359,11 +373,16 @@ class DirectoryListings:
             return listing, False
         files: dict[str, FileStat] = {}
         exists = top is not None
+        listing.subdirs = ()
         if exists:
             accepts, ignores_dir = self._union(listing)
+            subdirs: list[str] | None = [] if key.recursive else None
             try:
-                files = list_files(directory, recursive=key.recursive, accepts=accepts, ignores_dir=ignores_dir)
+                files = list_files(
+                    directory, recursive=key.recursive, accepts=accepts, ignores_dir=ignores_dir, subdirs=subdirs
+                )
                 listing.listings += 1
+                listing.subdirs = tuple(subdirs or ())
             except FileNotFoundError:
                 exists = False
         self._log_presence(directory, exists)
@@ -385,6 +404,18 @@ class DirectoryListings:
         listing = self._listings.get(key)
         if listing is not None:
             listing.stale = True
+
+    def invalidate_directory(self, directory: str) -> None:
+        """Mark every listing of ``directory`` stale (a change notification for it arrived).
+
+        An in-place write moves no directory mtime, so only this makes the next refresh list it.
+        """
+        plain = self._listings.get(ListingKey(directory, False, ()))
+        if plain is not None:
+            plain.stale = True
+        for key, listing in self._listings.items():
+            if key.recursive and key.directory == directory:
+                listing.stale = True
 
     @staticmethod
     def _union(listing: Listing) -> tuple[Callable[[str], object], Callable[[str], bool]]:
