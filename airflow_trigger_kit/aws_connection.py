@@ -12,7 +12,8 @@ What is read from the connection, following Airflow's Amazon provider (``AwsConn
   config and credentials files, web identity, container and instance profiles).
 * ``region_name`` (extra), ``verify`` (extra: ``false`` or a CA bundle path), ``profile_name``
   (extra: a profile of the shared config files).
-* the endpoint, first of: ``extra["service_config"]["s3"]["endpoint_url"]``,
+* the endpoint, first of: ``extra["service_config"]["s3"]["endpoint_url"]`` (``["sqs"]`` for the
+  SQS client of S3 change notifications),
   ``extra["endpoint_url"]``, the legacy ``extra["host"]``, then the connection's host (with its
   port; ``https://`` is assumed when the host has no scheme). This is how S3-compatible stores
   (MinIO, moto, Ceph) are reached.
@@ -86,14 +87,14 @@ class AwsClientConfig:
             parts.append(f"endpoint {redact_url(self.endpoint_url)}")
         return ", ".join(parts)
 
-    def create_client(self, session: Any | None = None) -> Any:
+    def create_client(self, session: Any | None = None, service: str = SERVICE) -> Any:
         """The aiobotocore client context manager (``async with`` it, or enter it on an exit stack).
 
         Without ``session``, clients share one aiobotocore session per event loop and profile:
         a new session loads botocore's S3 service model again, which made each client cost about
         0.13 CPU s (a shared session: about 0.02 s), so 1,000 waits paid minutes of CPU to start.
         """
-        return (session or shared_session(self.profile_name)).create_client(SERVICE, **self.client_kwargs)
+        return (session or shared_session(self.profile_name)).create_client(service, **self.client_kwargs)
 
 
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, Any]] = weakref.WeakKeyDictionary()
@@ -130,8 +131,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def client_config_from_connection(conn: Any | None, *, conn_id: str | None) -> AwsClientConfig:
+def client_config_from_connection(conn: Any | None, *, conn_id: str | None, service: str = SERVICE) -> AwsClientConfig:
     """Client settings from an Airflow connection (``None``: botocore's default chain only).
+
+    ``service`` chooses the endpoint: ``extra["service_config"][service]["endpoint_url"]`` first
+    (``"s3"`` for the watches, ``"sqs"`` for their change notifications), then the shared ones.
 
     Raises :class:`PermanentSourceError` naming the conn id and the field at fault for a half-set
     credential pair, an unsupported ``role_arn`` or malformed ``config_kwargs``.
@@ -178,7 +182,7 @@ def client_config_from_connection(conn: Any | None, *, conn_id: str | None) -> A
     region = extra.get("region_name") or None
     if region:
         kwargs["region_name"] = str(region)
-    endpoint = _endpoint_url(conn, extra)
+    endpoint = _endpoint_url(conn, extra, service)
     if endpoint:
         kwargs["endpoint_url"] = endpoint
     if "verify" in extra and extra["verify"] is not None:
@@ -207,12 +211,12 @@ def client_config_from_connection(conn: Any | None, *, conn_id: str | None) -> A
     )
 
 
-def _endpoint_url(conn: Any, extra: dict[str, Any]) -> str | None:
+def _endpoint_url(conn: Any, extra: dict[str, Any], service: str = SERVICE) -> str | None:
     service_config = extra.get("service_config")
     if isinstance(service_config, dict):
-        s3_config = service_config.get(SERVICE)
-        if isinstance(s3_config, dict) and s3_config.get("endpoint_url"):
-            return str(s3_config["endpoint_url"])
+        own_config = service_config.get(service)
+        if isinstance(own_config, dict) and own_config.get("endpoint_url"):
+            return str(own_config["endpoint_url"])
     for name in ("endpoint_url", "host"):
         if extra.get(name):
             return str(extra[name])
@@ -257,14 +261,14 @@ def _aio_config(options: dict[str, Any], label: str = "the default client config
         raise PermanentSourceError(f"{label}: invalid 'config_kwargs' for botocore Config: {exc}") from None
 
 
-async def aresolve_client_config(conn_id: str | None) -> AwsClientConfig:
+async def aresolve_client_config(conn_id: str | None, service: str = SERVICE) -> AwsClientConfig:
     """Look ``conn_id`` up now (without blocking the loop) and build client settings from it.
 
     ``None`` skips the lookup; a missing ``aws_default`` falls back to botocore's default chain;
     any other missing conn id is a :class:`PermanentSourceError`.
     """
     if conn_id is None:
-        config = client_config_from_connection(None, conn_id=None)
+        config = client_config_from_connection(None, conn_id=None, service=service)
     else:
         from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -280,6 +284,6 @@ async def aresolve_client_config(conn_id: str | None) -> AwsClientConfig:
                 ) from None
             log.info("connection %r is not defined; using botocore's default credential chain", conn_id)
             conn = None
-        config = client_config_from_connection(conn, conn_id=conn_id)
-    log.info("S3 client: %s", config.describe())
+        config = client_config_from_connection(conn, conn_id=conn_id, service=service)
+    log.info("%s client: %s", service.upper(), config.describe())
     return config

@@ -1,7 +1,8 @@
 """Event-driven DAG on an S3 asset: runs whenever objects land under a prefix, and reads them.
 
 ``s3_asset`` builds an ``Asset`` whose ``AssetWatcher`` runs an ``S3ObjectsTrigger`` in the
-triggerer. The trigger lists the prefix every ``poll_interval`` seconds and emits one asset event
+triggerer. The trigger lists the prefix every ``poll_interval`` seconds (or, with an SQS queue of
+the bucket's event notifications, whenever one arrives) and emits one asset event
 per batch of new objects; its watermark is committed only after Airflow stored that event, so no
 object is lost across triggerer restarts (a repeat after a crash carries the same ``dedup_id``).
 The task reads the objects behind its run with ``items_from_events``.
@@ -12,6 +13,9 @@ connection (it is looked up only in the triggerer):
 - ``TRIGGER_KIT_S3_BUCKET`` (default ``landing-bucket``)
 - ``TRIGGER_KIT_S3_ASSET_PREFIX`` (default ``events/``)
 - ``TRIGGER_KIT_S3_CONN_ID`` (default ``aws_default``)
+- ``TRIGGER_KIT_S3_SQS_QUEUE_URL`` (default: none) — an SQS queue receiving the bucket's event
+  notifications: a new object wakes the watch at once, and the prefix is listed only every
+  ``reconcile_interval`` (60 s) otherwise; without it, every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from airflow_trigger_kit.assets.s3 import s3_asset
 BUCKET = os.environ.get("TRIGGER_KIT_S3_BUCKET", "landing-bucket")
 PREFIX = os.environ.get("TRIGGER_KIT_S3_ASSET_PREFIX", "events/")
 CONN_ID = os.environ.get("TRIGGER_KIT_S3_CONN_ID", "aws_default")
+SQS_QUEUE_URL = os.environ.get("TRIGGER_KIT_S3_SQS_QUEUE_URL") or None
 
 landing_objects = s3_asset(
     "trigger_kit_s3_landing_objects",
@@ -35,6 +40,7 @@ landing_objects = s3_asset(
     prefixes=PREFIX,
     glob="*.parquet",
     aws_conn_id=CONN_ID,
+    sqs_queue_url=SQS_QUEUE_URL,
     poll_interval=30,
     max_items=200,
 )

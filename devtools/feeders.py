@@ -219,7 +219,9 @@ class S3Feeder(Feeder):
     """Objects in a bucket of an S3 endpoint (moto's server in tests and the demo).
 
     ``dags/s3_asset_dag.py`` watches ``events/*.parquet``; ``dags/s3_sensor_dag.py`` (``@continuous``)
-    waits for ``landing/*.csv|*.json`` of at least one byte.
+    waits for ``landing/*.csv|*.json`` of at least one byte. With ``notifications`` (the default),
+    :meth:`setup` also creates an SQS queue and sends the bucket's object events to it, and the
+    asset DAG is woken through it (``TRIGGER_KIT_S3_SQS_QUEUE_URL``).
     """
 
     source = "s3"
@@ -235,11 +237,16 @@ class S3Feeder(Feeder):
     asset_prefix = "events/"
     sensor_prefix = "landing/"
 
-    def __init__(self, endpoint_url: str, bucket: str = "trigger-kit-e2e", poke_interval: float = 2.0) -> None:
+    def __init__(
+        self, endpoint_url: str, bucket: str = "trigger-kit-e2e", poke_interval: float = 2.0, notifications: bool = True
+    ) -> None:
         super().__init__()
         self.endpoint_url = endpoint_url
         self.bucket = bucket
         self.poke_interval = poke_interval
+        self.notifications = notifications
+        self.queue_url: str | None = None
+        """The SQS queue the bucket's events go to (set by :meth:`setup` with ``notifications``)."""
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -251,6 +258,7 @@ class S3Feeder(Feeder):
             "TRIGGER_KIT_S3_PREFIX": self.sensor_prefix,
             "TRIGGER_KIT_S3_CONN_ID": self.conn_id,
             "TRIGGER_KIT_S3_POKE_INTERVAL": interval,
+            **({"TRIGGER_KIT_S3_SQS_QUEUE_URL": self.queue_url} if self.queue_url else {}),
         }
 
     def connections(self) -> dict[str, str]:
@@ -285,6 +293,32 @@ class S3Feeder(Feeder):
     def setup(self) -> None:
         with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
             self.client.create_bucket(Bucket=self.bucket)
+        if self.notifications:
+            self.queue_url = self._notify_queue(f"{self.bucket}-events")
+
+    def _notify_queue(self, name: str) -> str:
+        """A queue for the bucket's object events, and the bucket's notification configuration sending them."""
+        import boto3
+
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        try:
+            url = str(sqs.create_queue(QueueName=name)["QueueUrl"])
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        finally:
+            sqs.close()
+        self.client.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]
+            },
+        )
+        return url
 
     def add_asset_item(self, label: str) -> str:
         key = f"{self.asset_prefix}{label}.parquet"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import urllib.request
 import uuid
@@ -162,3 +163,51 @@ def backdate_object(bucket: str, key: str, last_modified: datetime) -> None:
 
     stored = s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets[bucket].keys[key]
     stored.last_modified = last_modified.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@contextlib.asynccontextmanager
+async def sqs_client(endpoint: str) -> AsyncIterator[Any]:
+    """An aiobotocore SQS client on moto's server (queues for S3 event notifications)."""
+    async with get_session().create_client("sqs", endpoint_url=endpoint, **CREDENTIALS) as client:
+        yield client
+
+
+async def create_queue(endpoint: str, name: str, **attributes: str) -> str:
+    """A standard queue (``attributes`` such as ``VisibilityTimeout``); its URL."""
+    async with sqs_client(endpoint) as sqs:
+        return str((await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"])
+
+
+async def notify_queue(endpoint: str, bucket: str, queue_url: str) -> None:
+    """Send every ObjectCreated/ObjectRemoved event of ``bucket`` to the queue (S3 also sends s3:TestEvent)."""
+    async with sqs_client(endpoint) as sqs, s3_client(endpoint) as s3:
+        attributes = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        await s3.put_bucket_notification_configuration(
+            Bucket=bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": attributes["Attributes"]["QueueArn"],
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+
+
+async def queue_depth(endpoint: str, queue_url: str) -> int:
+    """Messages in the queue, visible or in flight (received, not deleted)."""
+    async with sqs_client(endpoint) as sqs:
+        attributes = (
+            await sqs.get_queue_attributes(
+                QueueUrl=queue_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )
+        )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def s3_event(bucket: str, key: str) -> str:
+    """The body S3 sends to a queue for one created object (for tests that send messages themselves)."""
+    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": {"key": quote(key)}}}
+    return json.dumps({"Records": [record]})

@@ -40,6 +40,7 @@ def s3_asset(
     key_order: str = "any",
     lookback_seconds: float = 3600,
     legacy_bucket_name: bool = False,
+    sqs_queue_url: str | None = None,
     aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
     start_from: StartFrom = "now",
     poll_interval: float = 30.0,
@@ -50,7 +51,9 @@ def s3_asset(
 ) -> Asset:
     """An asset whose ``AssetWatcher`` runs an :class:`~airflow_trigger_kit.triggers.s3.S3ObjectsTrigger`.
 
-    The S3 parameters are those of the trigger; ``start_from``, ``poll_interval`` and
+    The S3 parameters (``sqs_queue_url`` included: S3 event notifications through SQS wake the
+    watch at once, see ``docs/s3.md``) are those of the trigger; ``reconcile_interval`` the seconds
+    between polls while those notifications are live; ``start_from``, ``poll_interval`` and
     ``max_items`` those of :class:`~airflow_trigger_kit.settings.WatchSettings`. The watermark is
     kept in ProcessState under namespace ``"assets"`` and the asset's name, and is committed only
     after Airflow stored the asset event that reports the objects (at-least-once; a repeat after a
@@ -67,6 +70,7 @@ def s3_asset(
         key_order=key_order,
         lookback_seconds=lookback_seconds,
         legacy_bucket_name=legacy_bucket_name,
+        sqs_queue_url=sqs_queue_url,
         aws_conn_id=aws_conn_id,
         namespace=ASSET_NAMESPACE,
         name=name,

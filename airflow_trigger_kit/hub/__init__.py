@@ -14,6 +14,8 @@ work once per identity and tick, then fans the result out:
 * :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process.
 * S3 watches that list whole prefixes share those listings too, whatever their cursors
   (:mod:`airflow_trigger_kit.sources.s3.listing_cache`; one cache per hub).
+* S3 watches with ``sqs_queue_url`` share one SQS listener per queue and connection, whose
+  messages wake their channels (:mod:`.sqs`).
 * :mod:`.scheduling` — waiters and aligned ticks.
 * :mod:`.streaks` — each watcher's streak of failures, which outlives the re-creation of its
   trigger (read by :mod:`airflow_trigger_kit.triggers.restart_backoff`).
@@ -39,6 +41,7 @@ import weakref
 from airflow_trigger_kit.hub.channels import ChannelHub, ChannelSubscription
 from airflow_trigger_kit.hub.directories import DirectoryHub, DirectorySubscription
 from airflow_trigger_kit.hub.postgres_pools import DEFAULT_POOL_SIZE, PooledConnector, PostgresPools
+from airflow_trigger_kit.hub.sqs import SqsListeners
 from airflow_trigger_kit.hub.streaks import FailureStreaks
 from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 
@@ -58,6 +61,7 @@ class Hub:
         self.postgres_pools = PostgresPools(_pool_size)
         self.failure_streaks = FailureStreaks()
         self.s3_listings = ListingCache()
+        self.sqs_listeners = SqsListeners(self.channels.ticker, self.s3_listings)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

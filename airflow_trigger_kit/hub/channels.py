@@ -17,6 +17,10 @@ Design and invariants:
   with its own backoff, as it would alone.
 * **Lifetime.** The channel's source is created by its first subscriber and closed when its last
   subscriber leaves.
+* **Handover.** Once a poll's outcome reached its waiters (a batch resolved them, or they were
+  rescheduled with nothing new, or the error failed them), :attr:`Channel.handed_over` is told
+  which waiters and when the poll was started (``None``: it failed); S3 change notifications
+  delete their SQS messages only then (:mod:`airflow_trigger_kit.hub.sqs`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ class Channel:
         self.slots = asyncio.Semaphore(MAX_POLLS_PER_CHANNEL)
         self.listener: Liveness | None = None
         """The change-notification listener that hints this channel's waiters, if any."""
+        self.handed_over: Callable[[list[Waiter], float | None], None] | None = None
+        """Told after each poll's outcome reached its waiters: them, and the loop time the poll was
+        started (``None``: the poll failed or was cancelled)."""
+        self.started: dict[tuple[str, int, int], float] = {}
+        """Loop time each running poll was started, by the key of :attr:`running`."""
 
 
 class ChannelHub:
@@ -95,10 +104,13 @@ class ChannelHub:
             task = channel.running.get(poll_key)
             if task is None:
                 poll = self._poll(channel, waiters[0].cursor, max_items, max_batch_items)
-                task = asyncio.get_running_loop().create_task(poll)
+                loop = asyncio.get_running_loop()
+                task = loop.create_task(poll)
                 channel.running[poll_key] = task
+                channel.started[poll_key] = loop.time()
                 task.add_done_callback(functools.partial(_forget, channel, poll_key))
-            task.add_done_callback(functools.partial(self._deliver, waiters=waiters))
+            started = channel.started[poll_key]
+            task.add_done_callback(functools.partial(self._deliver, waiters=waiters, started=started))
 
     async def _poll(self, channel: Channel, cursor: JSON, max_items: int, max_batch_items: int) -> tuple[Batch, float]:
         async with channel.slots:
@@ -108,7 +120,13 @@ class ChannelHub:
             batch = await poll_batch(channel.source, cursor, max_items, max_batch_items)
             return batch, time.monotonic() - started
 
-    def _deliver(self, task: asyncio.Task[tuple[Batch, float]], *, waiters: list[Waiter]) -> None:
+    def _deliver(self, task: asyncio.Task[tuple[Batch, float]], *, waiters: list[Waiter], started: float) -> None:
+        self._hand_over(task, waiters)
+        handed_over = waiters[0].owner.handed_over if waiters else None
+        if handed_over is not None:
+            handed_over(waiters, None if task.cancelled() or task.exception() is not None else started)
+
+    def _hand_over(self, task: asyncio.Task[tuple[Batch, float]], waiters: list[Waiter]) -> None:
         if task.cancelled():
             for waiter in waiters:
                 waiter.fail(asyncio.CancelledError())
@@ -172,6 +190,7 @@ class ChannelSubscription:
 
 def _forget(channel: Channel, key: tuple[str, int, int], _: asyncio.Task[tuple[Batch, float]]) -> None:
     channel.running.pop(key, None)
+    channel.started.pop(key, None)
 
 
 async def _close_quietly(source: Source) -> None:

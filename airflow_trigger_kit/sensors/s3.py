@@ -16,7 +16,7 @@ class S3ObjectsSensor(IncrementalSensor):
 
     Parameters as :class:`~airflow_trigger_kit.triggers.s3.S3ObjectsTrigger` (``bucket``,
     ``prefixes``, ``glob``, ``regex``, ``min_size``, ``event_kinds``, ``key_order``,
-    ``lookback_seconds``, ``legacy_bucket_name``, ``aws_conn_id``) plus those of
+    ``lookback_seconds``, ``legacy_bucket_name``, ``sqs_queue_url``, ``aws_conn_id``) plus those of
     :class:`~airflow_trigger_kit.sensors.base.IncrementalSensor`. ``bucket``, ``prefixes``,
     ``glob`` and ``regex`` are templated. ``poke_interval`` is also the trigger's polling interval:
     each poll costs one LIST request per prefix (``key_order="lexicographic"``) or one per 1,000
@@ -41,6 +41,7 @@ class S3ObjectsSensor(IncrementalSensor):
         key_order: str = "any",
         lookback_seconds: float = 3600,
         legacy_bucket_name: bool = False,
+        sqs_queue_url: str | None = None,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -54,6 +55,7 @@ class S3ObjectsSensor(IncrementalSensor):
         self.key_order = key_order
         self.lookback_seconds = lookback_seconds
         self.legacy_bucket_name = legacy_bucket_name
+        self.sqs_queue_url = sqs_queue_url
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
         if not any(_templated(v) for v in (bucket, prefixes, glob, regex)):
             self.source_kwargs()  # validate at DAG parse time
@@ -69,6 +71,7 @@ class S3ObjectsSensor(IncrementalSensor):
             key_order=self.key_order,
             lookback_seconds=self.lookback_seconds,
             legacy_bucket_name=self.legacy_bucket_name,
+            sqs_queue_url=self.sqs_queue_url,
         )
         return {**config.to_kwargs(), "aws_conn_id": self.aws_conn_id}
 

@@ -8,6 +8,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing_extensions import Unpack
 
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID, aresolve_client_config
+from airflow_trigger_kit.hub.channels import ChannelSubscription
 from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.settings import CommonTriggerKwargs, WatchSettings
 from airflow_trigger_kit.sources.base import JSON, Source
@@ -16,6 +17,7 @@ from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 from airflow_trigger_kit.sources.s3.snapshot_store import SnapshotSuperseded
 from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
+from airflow_trigger_kit.triggers.session import Subscription
 
 
 class S3ObjectsTrigger(IncrementalTrigger):
@@ -41,6 +43,11 @@ class S3ObjectsTrigger(IncrementalTrigger):
     :param legacy_bucket_name: accept a bucket name outside S3's current naming rules (a bucket
         created before March 2018, or an S3-compatible store with other rules); by default
         ``bucket`` must follow AWS's rules for general purpose (or directory) buckets.
+    :param sqs_queue_url: the URL of an SQS queue that receives the bucket's event notifications
+        (opt-in): a message wakes the watch at once, and while the queue is read the watch polls
+        only every ``reconcile_interval``. Read with the ``aws_conn_id`` connection; messages are
+        deleted once the poll they woke was handed over, so dedicate the queue to the watches.
+        See "Change notifications" in ``docs/s3.md``.
     :param aws_conn_id: Airflow AWS connection, looked up when the trigger runs (``None``:
         botocore's default credential chain). A missing ``aws_default`` also means the default chain.
 
@@ -70,6 +77,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
         key_order: str = "any",
         lookback_seconds: float = 3600,
         legacy_bucket_name: bool = False,
+        sqs_queue_url: str | None = None,
         aws_conn_id: str | None = DEFAULT_AWS_CONN_ID,
         poll_interval: float = 30.0,
         **common: Unpack[CommonTriggerKwargs],
@@ -84,6 +92,7 @@ class S3ObjectsTrigger(IncrementalTrigger):
             key_order=key_order,
             lookback_seconds=lookback_seconds,
             legacy_bucket_name=legacy_bucket_name,
+            sqs_queue_url=sqs_queue_url,
         )
         self.aws_conn_id = validate_aws_conn_id(aws_conn_id)
         settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
@@ -100,6 +109,16 @@ class S3ObjectsTrigger(IncrementalTrigger):
         if self.config.layout == "snapshot":
             return (identity, self.namespace, self.name)
         return identity
+
+    async def subscribe(self) -> Subscription:
+        """The hub's channel of this watch; with ``sqs_queue_url``, woken by that queue's messages."""
+        subscription = await super().subscribe()
+        queue_url = self.config.sqs_queue_url
+        if queue_url is None or not isinstance(subscription, ChannelSubscription):
+            return subscription
+        from airflow_trigger_kit.hub import get_hub
+
+        return get_hub().sqs_listeners.attach(subscription, self.aws_conn_id, queue_url)
 
     def build_source(self, listings: ListingCache | None = None) -> Source:
         namespace, name = self.namespace, self.name

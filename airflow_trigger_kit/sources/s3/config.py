@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow_trigger_kit.sources.base import JSON
 from airflow_trigger_kit.sources.globs import check_globs
@@ -33,6 +34,8 @@ class S3WatchConfig:
     key_order: str = "any"
     lookback_seconds: int = 3600
     legacy_bucket_name: bool = False
+    sqs_queue_url: str | None = None
+    """The SQS queue that receives the bucket's event notifications (they wake the watch early)."""
 
     @classmethod
     def create(
@@ -47,6 +50,7 @@ class S3WatchConfig:
         key_order: str = "any",
         lookback_seconds: float = 3600,
         legacy_bucket_name: bool = False,
+        sqs_queue_url: str | None = None,
     ) -> S3WatchConfig:
         if not isinstance(bucket, str) or not bucket:
             raise ValueError(f"bucket must be a non-empty bucket name, got {bucket!r}")
@@ -113,6 +117,7 @@ class S3WatchConfig:
                 f"lookback_seconds must be a whole number of seconds (LastModified has 1-second precision), "
                 f"got {lookback_seconds!r}"
             )
+        queue_url = validate_sqs_queue_url(sqs_queue_url)
         return cls(
             bucket=bucket,
             prefixes=tuple(prefix_list),
@@ -123,6 +128,7 @@ class S3WatchConfig:
             key_order=key_order,
             lookback_seconds=int(lookback_seconds),
             legacy_bucket_name=legacy_bucket_name,
+            sqs_queue_url=queue_url,
         )
 
     def to_kwargs(self) -> dict[str, JSON]:
@@ -137,6 +143,7 @@ class S3WatchConfig:
             "lookback_seconds": self.lookback_seconds,
             # Only when set, so the kwargs (and the trigger hash) of ordinary watches stay as they were.
             **({"legacy_bucket_name": True} if self.legacy_bucket_name else {}),
+            **({"sqs_queue_url": self.sqs_queue_url} if self.sqs_queue_url else {}),
         }
 
     @property
@@ -156,6 +163,40 @@ class S3WatchConfig:
         if obj.key.endswith("/") and obj.size == 0:
             return False
         return obj.size >= self.min_size and self.matches_key(obj.key)
+
+
+_QUEUE_PATH = re.compile(r"/(?P<account>[0-9]{12})/(?P<name>[A-Za-z0-9_-]{1,80}(?:\.fifo)?)")
+
+
+def validate_sqs_queue_url(url: str | None) -> str | None:
+    """``url`` if it has the shape of an SQS queue URL (``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``
+    on AWS; any http(s) host, such as LocalStack's or moto's, with the same path); ``None`` stays ``None``.
+
+    Only the shape is checked here, at DAG parse time: whether the queue exists and receives the
+    bucket's notifications is known only when the trigger runs (and a missing queue only delays
+    detections to the regular polls).
+    """
+    if url is None:
+        return None
+    example = "https://sqs.us-east-1.amazonaws.com/123456789012/my-bucket-events"
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"sqs_queue_url must be an SQS queue URL such as {example!r} or None, got {url!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    path = _QUEUE_PATH.fullmatch(parts.path.rstrip("/")) if parts is not None else None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname or parts.query or path is None:
+        raise ValueError(
+            f"sqs_queue_url must be an SQS queue URL, https://HOST/ACCOUNT-ID/QUEUE-NAME with a 12-digit account "
+            f"id (such as {example!r}; the queue's 'URL', not its ARN or name), got {url!r}"
+        )
+    if path.group("name").endswith(".fifo"):
+        raise ValueError(
+            f"sqs_queue_url names a FIFO queue ({url!r}), but S3 event notifications can only be sent to "
+            "standard queues; create a standard queue for the bucket's notifications"
+        )
+    return url
 
 
 def _string_list(param: str, value: str | Sequence[str] | None, *, allow_empty_string: bool = False) -> list[str]:

@@ -12,6 +12,10 @@ watches polled in the same tick (the hub aligns them) share one listing chain pe
 * the shared listing keeps every object; each watch filters it with its own rules (prefix
   floors, globs, ``min_size``) afterwards.
 
+A change notification (:mod:`airflow_trigger_kit.hub.sqs`) *forgets* the listings
+of the prefixes it concerns (:meth:`ListingCache.forget`): the poll it wakes must list after the
+notification, not share a listing made before the object landed.
+
 The ``lexicographic`` layout lists from its own ``StartAfter`` key and does not share (watches at
 an equal cursor still share their whole poll in the hub).
 """
@@ -60,6 +64,14 @@ class ListingCache:
             entry = self._entries[key] = _Entry(now, task)
         # Shielded: a poll that is cancelled does not cancel the listing the others wait for.
         return await asyncio.shield(entry.task)
+
+    def forget(self, concerns: Callable[[Hashable], bool] | None = None) -> None:
+        """Share no listing made so far whose key ``concerns`` selects (``None``: any) with later polls.
+
+        Polls already waiting for such a listing still get it; a poll that starts now lists anew.
+        """
+        for key in [k for k in self._entries if concerns is None or concerns(k)]:
+            del self._entries[key]
 
 
 def _retrieve(task: asyncio.Task[PrefixListing]) -> None:
