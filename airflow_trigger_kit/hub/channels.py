@@ -8,7 +8,9 @@ Design and invariants:
   and for Postgres the process's connection pool behind it.
 * **Coalescing.** On each tick, the due waiters of a channel are grouped by ``(cursor, max_items)``
   (the cursor compared by its canonical JSON); each group costs one ``poll``, whose batch every
-  waiter of the group receives. A group whose poll is already running is joined, not repeated.
+  waiter of the group receives. A group whose poll is already running is joined, not repeated;
+  a waiter woken by a hint after that poll began is polled once more right after it (the running
+  poll may predate the change the hint announced).
   Since :meth:`Source.poll` is a pure function of the cursor and the data, each waiter gets
   exactly the items and dedup ids it would have got polling alone.
 * **Background polls.** Polls run as tasks; the ticker never waits for one, so a slow listing on
@@ -110,6 +112,10 @@ class ChannelHub:
                 channel.started[poll_key] = loop.time()
                 task.add_done_callback(functools.partial(_forget, channel, poll_key))
             started = channel.started[poll_key]
+            for waiter in waiters:
+                if waiter.woken_at is not None and waiter.woken_at > started:
+                    # Woken by a hint after this poll began: its result may predate the change.
+                    waiter.hinted = True
             task.add_done_callback(functools.partial(self._deliver, waiters=waiters, started=started))
 
     async def _poll(self, channel: Channel, cursor: JSON, max_items: int, max_batch_items: int) -> tuple[Batch, float]:

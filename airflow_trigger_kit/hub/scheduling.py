@@ -76,6 +76,9 @@ class Waiter:
     """Seconds between regular polls while ``listener`` is live (``reconcile_interval``)."""
     hinted: bool = False
     """A hint arrived while the waiter was in a poll: poll again right after it."""
+    woken_at: float | None = None
+    """Loop time of the hint that made the waiter due (a poller must not answer it with a poll
+    that started before)."""
     next_at: float | None = None
     """Set by a poller: poll again no later than this loop time (files that settle then, say)."""
 
@@ -147,6 +150,7 @@ class Ticker:
         waiter.busy = False
         interval = waiter.regular_interval()
         due = now if at_once else (math.floor(now / interval) + 1) * interval
+        waiter.woken_at = None
         if waiter.hinted:
             waiter.hinted = False
             due = min(due, now + HINT_DELAY)
@@ -166,8 +170,9 @@ class Ticker:
             woken += 1
             if waiter.busy:
                 waiter.hinted = True
-            elif waiter.due > now:
-                waiter.due = now
+            else:
+                waiter.woken_at = now
+                waiter.due = min(waiter.due, now)
         if woken:
             self.hints += 1
             self._wake.set()

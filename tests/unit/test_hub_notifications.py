@@ -7,9 +7,10 @@ from collections.abc import Hashable
 
 import pytest
 
+from airflow_trigger_kit.hub.channels import ChannelHub
 from airflow_trigger_kit.hub.notifications import Listener, ListenerUnsupported
 from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
-from airflow_trigger_kit.sources.base import Batch
+from airflow_trigger_kit.sources.base import JSON, Batch, Item, Source
 
 
 class QueueListener(Listener):
@@ -143,3 +144,49 @@ async def test_an_unsupported_listener_stays_down_without_retrying() -> None:
     await asyncio.sleep(0.05)
     assert listener.unsupported and not listener.live and listener.failures == 0
     await listener.stop()
+
+
+class SlowSource(Source):
+    """Its first poll blocks until released and finds nothing; later polls find what was 'written'."""
+
+    kind = "test"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.written = False
+        self.polls = 0
+
+    async def baseline(self) -> JSON:
+        return None
+
+    async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
+        self.polls += 1
+        if self.polls == 1:
+            await self.release.wait()
+            return Batch([], cursor)
+        return Batch([Item("x", {})] if self.written else [], cursor)
+
+
+async def test_a_waiter_woken_after_a_running_poll_began_is_polled_again() -> None:
+    hub = ChannelHub()
+    source = SlowSource()
+    first = hub.subscribe("same", lambda: source)
+    second = hub.subscribe("same", lambda: source)
+    running = asyncio.ensure_future(first.next_batch(None, 10, 3600.0, reconcile_interval=3600.0))
+    for _ in range(100):  # the first wait's poll is running (and blocked)
+        if source.polls:
+            break
+        await asyncio.sleep(0.005)
+    woken = asyncio.ensure_future(second.next_batch(None, 10, 3600.0, reconcile_interval=3600.0))
+    await asyncio.sleep(0)  # registered, not yet ticked
+    source.written = True  # the change a notification announces lands after the running poll read
+    hub.ticker.hint(lambda waiter: waiter.future is not running and not waiter.busy)  # wakes the second only
+    await asyncio.sleep(0.05)  # its tick joins the running poll (same cursor), which began before the hint
+    source.release.set()
+    batch = await asyncio.wait_for(woken, 10)  # polled again at once, not after the 3,600 s interval
+    assert [item.dedup_id for item in batch.items] == ["x"] and source.polls == 2
+    await asyncio.sleep(0.05)
+    assert not running.done()  # the first wait was not woken: it waits for its next regular poll
+    running.cancel()
+    first.close()
+    second.close()
