@@ -70,6 +70,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_postgres
 	$(BIN)/python -m benchmarks.bench_s3_memory $(ARGS)
 	$(BIN)/python -m benchmarks.bench_s3_waits $(ARGS)
+	$(BIN)/python -m benchmarks.bench_latency_dir
+	$(BIN)/python -m benchmarks.bench_latency_s3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist site
