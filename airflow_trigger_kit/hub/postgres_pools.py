@@ -49,7 +49,7 @@ import asyncpg
 from airflow_trigger_kit.hub.channels import Channel, ChannelSubscription
 from airflow_trigger_kit.hub.notifications import Listener
 from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
-from airflow_trigger_kit.sources.base import JSON, Batch, Source
+from airflow_trigger_kit.sources.base import JSON, Batch, Source, TransientSourceError
 from airflow_trigger_kit.sources.postgres import (
     DEFAULT_STATEMENT_TIMEOUT,
     Connector,
@@ -284,7 +284,8 @@ class PostgresListener(Listener):
             finally:
                 changed.cancel()
             if lost.done() or conn.is_closed():
-                return  # the base class logs, falls back to polling and reconnects
+                # The base class logs, falls back to polling and reconnects.
+                raise TransientSourceError(f"the listening connection to {describe_target(kwargs)} was closed")
             if self._changed.is_set():
                 await self._sync(conn)
             else:

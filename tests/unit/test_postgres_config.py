@@ -326,7 +326,7 @@ def test_sensor_and_asset_pass_notify_channel_to_the_trigger() -> None:
 
     sensor = PostgresRowsSensor(task_id="t", table="t", watermark_columns="id", notify_channel="orders_changed")
     assert sensor.source_kwargs()["notify_channel"] == "orders_changed"
-    with pytest.raises(ValueError, match="notify_channel must be a Postgres identifier.*'no-such'"):
+    with pytest.raises(ValueError, match=r"notify_channel must be a Postgres identifier.*'no-such'"):
         PostgresRowsSensor(task_id="t", table="t", watermark_columns="id", notify_channel="no-such")
     asset = postgres_asset("orders", table="t", watermark_columns="id", notify_channel="orders_changed")
     (watcher,) = asset.watchers
