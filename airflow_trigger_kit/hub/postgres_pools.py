@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
@@ -224,7 +225,8 @@ class PostgresListener(Listener):
     source_kind = "postgres"
 
     def __init__(self, conn_id: str, resolve: Callable[[], Awaitable[dict[str, Any]]], ticker: Ticker) -> None:
-        super().__init__(f"postgres notifications (conn id {conn_id!r})", ticker, self._concerns)
+        # The name is the ``listener`` tag of the listener metrics: statsd accepts [A-Za-z0-9_.-] only.
+        super().__init__(f"postgres-{re.sub(r'[^A-Za-z0-9_.-]', '_', conn_id)}", ticker, self._concerns)
         self.conn_id = conn_id
         self._resolve = resolve
         self.watches: dict[Channel, tuple[str, int]] = {}

@@ -55,3 +55,12 @@ async def test_a_channel_is_kept_while_any_subscription_of_it_remains() -> None:
     assert listener.channels() == {"orders_changed"}, "another watch still names the channel"
     assert not listener.remove(copy), "the last subscription: the hub stops the listener"
     assert listener.channels() == set()
+
+
+async def test_the_listener_name_is_a_valid_metric_tag_whatever_the_conn_id() -> None:
+    """It tags trigger_kit.listener_up; Airflow's statsd validator drops names with other characters."""
+    import re
+
+    listener = PostgresListener("orders db (prod)'s", _kwargs, Ticker(_nothing, "test"))
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", listener.name), listener.name
+    assert listener.name.startswith("postgres-orders_db")
