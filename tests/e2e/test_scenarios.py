@@ -66,15 +66,13 @@ def test_event_driven_run_sees_items_through_triggering_asset_events(e2e: E2E, f
     """New data makes the asset-scheduled DAG run; its task reads the items from its asset events."""
     api = e2e.stack.api
     fed = {feeder.add_asset_item(f"event-{feeder.source}-{n}") for n in range(3)}
-    found = wait_delivered(
-        api,
-        feeder,
-        e2e.asset_ids[feeder.source],
-        fed,
-        timeout=DETECT_TIMEOUT,
-        check=e2e.stack.check_alive,
-        diagnose=e2e.stack.trigger_errors,
-    )
+    wait = {"timeout": DETECT_TIMEOUT, "check": e2e.stack.check_alive, "diagnose": e2e.stack.trigger_errors}
+    # With change notifications the three items can come in two events milliseconds apart, and Airflow
+    # 3.3.2 may leave the last event of a burst without a run until the asset's next event (see
+    # check_deliveries): once all are in events, an uncounted tail item is that next event.
+    wait_delivered(api, feeder, e2e.asset_ids[feeder.source], fed, require_runs=False, **wait)
+    feeder.add_asset_item(f"event-tail-{feeder.source}")
+    found = wait_delivered(api, feeder, e2e.asset_ids[feeder.source], fed, **wait)
 
     runs = {run for d in found if d.identity in fed for run in d.run_ids}
     processed: set[str] = set()
@@ -123,6 +121,10 @@ def test_triggerer_restart_without_new_data_does_not_fire_again(e2e: E2E) -> Non
     api = e2e.stack.api
     feeders = list(e2e.feeders.values())
     for f in feeders:  # settle first: whatever earlier scenarios fed must be delivered before the restart
+        wait_delivered(api, f, e2e.asset_ids[f.source], f.asset_visible(), timeout=DETECT_TIMEOUT, require_runs=False)
+    for f in feeders:  # the asset's next event, for an event Airflow left without a run (see check_deliveries)
+        f.add_asset_item(f"settle-tail-{f.source}")
+    for f in feeders:
         wait_delivered(api, f, e2e.asset_ids[f.source], f.asset_visible(), timeout=DETECT_TIMEOUT)
     events_before = {f.source: event_ids(e2e, f) for f in feeders}
     runs_before = {f.source: len(api.runs(f.asset_dag_id)) for f in feeders}
