@@ -22,6 +22,7 @@ import pytest
 from airflow_trigger_kit.hub import get_hub
 from airflow_trigger_kit.hub.channels import Channel
 from airflow_trigger_kit.hub.postgres_pools import LISTEN_APPLICATION_NAME, PostgresListener
+from airflow_trigger_kit.hub.scheduling import HINT_DELAY
 from airflow_trigger_kit.triggers.postgres import PostgresRowsTrigger
 from devtools.feeders import ORDERS_DDL, ORDERS_NOTIFY_SQL
 from tests.conftest import PgDatabase
@@ -125,6 +126,8 @@ async def settled(conn_id: str, channels: int = 1) -> PostgresListener:
     listener = listener_of(conn_id)
     await wait_until(lambda: listener.live and len(listener.listening) == channels, timeout=WAIT, what="LISTEN")
     hub = get_hub().channels
+    # Hints already received are flushed HINT_DELAY after the first: let that timer fire first.
+    await asyncio.sleep(HINT_DELAY * 5)
     await wait_until(
         lambda: all(not w.busy and w.due > asyncio.get_running_loop().time() + 1 for w in hub.ticker.waiters()),
         timeout=WAIT,
