@@ -8,6 +8,12 @@ Several events may have queued up before a run starts: the task reads the rows o
 The connection (``TRIGGER_KIT_DEMO_PG_CONN_ID``, default ``trigger_kit_orders``) is looked up by the
 triggerer, so this file parses without a database. The table is the one described in
 ``postgres_sensor_dag.py``.
+
+Change notifications: the table's statement-level trigger (``docs/postgres.md``, "Change
+notifications") calls ``pg_notify('trigger_kit_orders', ...)`` after each insert or update, and the
+triggerer LISTENs on that channel, so a run starts tens of milliseconds after the COMMIT. Without
+the trigger, rows are still found, by the poll every ``reconcile_interval`` (60 s) while the
+listener is up, or every ``poll_interval`` while it is down.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ order_rows = postgres_asset(
     columns=["id", "customer", "amount", "status", "updated_at"],
     watermark_columns=["updated_at", "id"],
     postgres_conn_id=POSTGRES_CONN_ID,
+    notify_channel="trigger_kit_orders",
     poll_interval=5,
     max_items=500,
 )

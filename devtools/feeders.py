@@ -366,6 +366,23 @@ CREATE INDEX IF NOT EXISTS orders_updated_at_id ON public.orders (updated_at, id
 """
 """The table of ``dags/postgres_sensor_dag.py``'s docstring, watched by both Postgres example DAGs."""
 
+ORDERS_NOTIFY_SQL = """
+CREATE OR REPLACE FUNCTION public.trigger_kit_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_ARGV[0], TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS orders_trigger_kit_notify ON public.orders;
+CREATE TRIGGER orders_trigger_kit_notify
+    AFTER INSERT OR UPDATE ON public.orders
+    FOR EACH STATEMENT EXECUTE FUNCTION public.trigger_kit_notify('trigger_kit_orders');
+"""
+"""The notify trigger of docs/postgres.md ("Change notifications") for ``notify_channel="trigger_kit_orders"``
+of ``dags/postgres_asset_dag.py`` (a test keeps the two equal)."""
+
 
 class PostgresFeeder(Feeder):
     """Order rows in ``public.orders``, watched by ``dags/postgres_asset_dag.py`` and ``postgres_sensor_dag.py``.
@@ -418,7 +435,7 @@ class PostgresFeeder(Feeder):
         return {self.conn_id: self.dsn}
 
     def setup(self) -> None:
-        self._fetchval(ORDERS_DDL, script=True)
+        self._fetchval(ORDERS_DDL + ORDERS_NOTIFY_SQL, script=True)
 
     def _insert(self, label: str, status: str, *, for_sensor: bool = False) -> str:
         row_id = self._fetchval(

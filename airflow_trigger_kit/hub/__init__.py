@@ -11,7 +11,8 @@ work once per identity and tick, then fans the result out:
   number of waits on it; an idle tick over N directories is one hop to that thread.
 * :mod:`.channels` — S3 and Postgres watches with an equal identity share one source object, and
   their polls at the same cursor are one poll.
-* :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process.
+* :mod:`.postgres_pools` — one bounded asyncpg pool per Postgres connection and process (plus,
+  for watches with ``notify_channel``, one listening connection whose notifications hint them).
 * S3 watches that list whole prefixes share those listings too, whatever their cursors
   (:mod:`airflow_trigger_kit.sources.s3.listing_cache`; one cache per hub).
 * S3 watches with ``sqs_queue_url`` share one SQS listener per queue and connection, whose

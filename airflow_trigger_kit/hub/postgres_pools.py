@@ -17,6 +17,22 @@ Design and invariants:
   reset round trip.
 * **Closed when the process's event loop ends** (the triggerer stopping): a keeper task closes
   every pool when it is cancelled at loop shutdown.
+
+Change notifications (``notify_channel``): the pool of a conn id gets **one** more connection, a
+dedicated listening one outside the pool's bounded size (:class:`PostgresListener`). It
+listens to the union of the channels its watches name, adding and removing channels as
+watches come and go, and turns each notification into a hint for the channels' waiters (see
+:mod:`.notifications`: a hint only wakes a poll from the committed cursor; the payload is
+ignored). Invariants:
+
+* **Listen before trusting.** A channel is listened to (``LISTEN``) before its waiters are hinted once
+  more, so a commit between a waiter's last poll and the ``LISTEN`` is found by that poll; a
+  reconnect hints everyone (the base class), for the same reason.
+* **A dead listening connection is noticed** by asyncpg's termination callback, or by a ping every
+  :data:`LISTEN_PING_SECONDS`; the base class then falls back to polling and reconnects with
+  backoff. Nothing else runs on that connection, so it is never shared with a poll.
+* **Lifetime**: the listener of a conn id exists while at least one subscription with a
+  ``notify_channel`` names that conn id, and ends (closing its connection) with the last.
 """
 
 from __future__ import annotations
@@ -25,11 +41,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import asyncpg
 
+from airflow_trigger_kit.hub.channels import Channel, ChannelSubscription
+from airflow_trigger_kit.hub.notifications import Listener
+from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
+from airflow_trigger_kit.sources.base import JSON, Batch, Source, TransientSourceError
 from airflow_trigger_kit.sources.postgres import (
     DEFAULT_STATEMENT_TIMEOUT,
     Connector,
@@ -45,6 +66,12 @@ IDLE_CONNECTION_SECONDS = 60.0
 """A pooled connection unused for this long is closed (a quiet pool holds none)."""
 
 PoolKey = tuple[str, str]
+
+LISTEN_APPLICATION_NAME = "airflow-trigger-kit-listen"
+"""``application_name`` of the listening connections (the pooled ones are ``airflow-trigger-kit-watch``)."""
+LISTEN_PING_SECONDS = 30.0
+"""An idle listening connection sends ``SELECT 1`` this often: a silently dead one is noticed."""
+LISTEN_PING_TIMEOUT = 10.0
 
 
 def fingerprint(kwargs: dict[str, Any]) -> str:
@@ -65,6 +92,9 @@ class PostgresPools:
         self.targets: dict[PoolKey, str] = {}
         self._lock = asyncio.Lock()
         self._keeper: asyncio.Task[None] | None = None
+        self.listeners: dict[str, PostgresListener] = {}
+        """The listening connection of each conn id that some watch with ``notify_channel`` names."""
+        self._stopping: set[asyncio.Task[None]] = set()
 
     def connector(self, conn_id: str, resolve: Callable[[], Awaitable[dict[str, Any]]]) -> PooledConnector:
         """A connector for ``conn_id``; ``resolve`` returns its connect kwargs (looked up lazily)."""
@@ -104,7 +134,43 @@ class PostgresPools:
         finally:
             await self.aclose()
 
+    def listen(
+        self,
+        subscription: ChannelSubscription,
+        conn_id: str,
+        notify_channel: str,
+        resolve: Callable[[], Awaitable[dict[str, Any]]],
+        ticker: Ticker,
+    ) -> ListeningSubscription:
+        """Make ``subscription``'s waiters hinted by ``notify_channel`` on the conn id's listener.
+
+        ``ticker`` is the one the subscription's waiters wait in (the hub's channel ticker).
+        """
+        listener = self.listeners.get(conn_id)
+        if listener is None:
+            listener = self.listeners[conn_id] = PostgresListener(conn_id, resolve, ticker)
+        listener.add(subscription.channel, notify_channel)
+        listener.start()
+        return ListeningSubscription(self, subscription, listener)
+
+    def _unlisten(self, listener: PostgresListener, channel: Channel) -> None:
+        if listener.remove(channel):
+            return
+        if self.listeners.get(listener.conn_id) is listener:
+            del self.listeners[listener.conn_id]
+        stopping = asyncio.get_running_loop().create_task(listener.stop())
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+
+    def listener_connections(self, conn_id: str) -> int:
+        """Listening connections open now for ``conn_id`` (0 or 1; for tests and benchmarks)."""
+        listener = self.listeners.get(conn_id)
+        return int(listener is not None and listener.connection is not None)
+
     async def aclose(self) -> None:
+        listeners, self.listeners = self.listeners, {}
+        for listener in listeners.values():
+            await listener.stop()
         pools, self.pools = self.pools, {}
         for key, pool in pools.items():
             try:
@@ -147,3 +213,146 @@ class PooledConnector(Connector):
             yield conn
         finally:
             await pool.release(conn)
+
+
+class PostgresListener(Listener):
+    """The dedicated ``LISTEN`` connection of one conn id (see the module docstring).
+
+    Hint keys are channel names; a channel's hint wakes the waiters of every hub channel (watch
+    identity) that named it in ``notify_channel``.
+    """
+
+    source_kind = "postgres"
+
+    def __init__(self, conn_id: str, resolve: Callable[[], Awaitable[dict[str, Any]]], ticker: Ticker) -> None:
+        # The name is the ``listener`` tag of the listener metrics: statsd accepts [A-Za-z0-9_.-] only.
+        super().__init__(f"postgres-{re.sub(r'[^A-Za-z0-9_.-]', '_', conn_id)}", ticker, self._concerns)
+        self.conn_id = conn_id
+        self._resolve = resolve
+        self.watches: dict[Channel, tuple[str, int]] = {}
+        """Each hub channel (a watch identity) with its notify channel and number of subscriptions."""
+        self.connection: asyncpg.Connection | None = None
+        self.listening: set[str] = set()
+        """The channels listened to (``LISTEN``) on the current connection."""
+        self._changed = asyncio.Event()
+
+    def _concerns(self, waiter: Waiter, keys: set[Hashable | None]) -> bool:
+        entry = self.watches.get(waiter.owner)
+        return entry is not None and (None in keys or entry[0] in keys)
+
+    def channels(self) -> set[str]:
+        """Every channel some watch of this conn id asks for."""
+        return {name for name, _ in self.watches.values()}
+
+    def add(self, channel: Channel, notify_channel: str) -> None:
+        name, count = self.watches.get(channel, (notify_channel, 0))
+        self.watches[channel] = (name, count + 1)
+        channel.listener = self
+        if name not in self.listening:
+            self._changed.set()
+
+    def remove(self, channel: Channel) -> bool:
+        """One subscription of ``channel`` ended; whether this listener still has any."""
+        entry = self.watches.get(channel)
+        if entry is not None:
+            if entry[1] > 1:
+                self.watches[channel] = (entry[0], entry[1] - 1)
+            else:
+                del self.watches[channel]
+                if channel.listener is self:
+                    channel.listener = None
+                self._changed.set()
+        return bool(self.watches)
+
+    async def listen(self) -> None:
+        kwargs = session_connect_kwargs(await self._resolve(), DEFAULT_STATEMENT_TIMEOUT)
+        kwargs["server_settings"]["application_name"] = LISTEN_APPLICATION_NAME
+        conn = self.connection = await asyncpg.connect(**kwargs)
+        lost = asyncio.get_running_loop().create_future()
+
+        def terminated(_: object) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        conn.add_termination_listener(terminated)
+        self.listening = set()
+        await self._sync(conn)
+        self.connected()
+        while True:
+            self._changed.clear()
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({changed, lost}, timeout=LISTEN_PING_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+            if lost.done() or conn.is_closed():
+                # The base class logs, falls back to polling and reconnects.
+                raise TransientSourceError(f"the listening connection to {describe_target(kwargs)} was closed")
+            if self._changed.is_set():
+                await self._sync(conn)
+            else:
+                await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_PING_TIMEOUT)
+
+    async def _sync(self, conn: asyncpg.Connection) -> None:
+        """``LISTEN`` to new channels, ``UNLISTEN`` gone ones; hint the new ones (they may have missed one)."""
+        wanted = self.channels()
+        for name in sorted(self.listening - wanted):
+            await conn.remove_listener(name, self._notified)
+            self.listening.discard(name)
+        for name in sorted(wanted - self.listening):
+            await conn.add_listener(name, self._notified)
+            self.listening.add(name)
+            if self.live:
+                self.hint(name)
+
+    def _notified(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+        self.hint(channel)
+
+    async def disconnect(self) -> None:
+        conn, self.connection = self.connection, None
+        self.listening = set()
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except Exception:
+                conn.terminate()
+
+
+class ListeningSubscription:
+    """A channel subscription whose watch is also hinted by its ``notify_channel`` (see :class:`PostgresListener`)."""
+
+    def __init__(self, pools: PostgresPools, inner: ChannelSubscription, listener: PostgresListener) -> None:
+        self._pools = pools
+        self.inner = inner
+        self.listener = listener
+        self.closed = False
+
+    @property
+    def channel(self) -> Channel:
+        return self.inner.channel
+
+    @property
+    def source(self) -> Source:
+        return self.inner.source
+
+    async def next_batch(
+        self,
+        cursor: JSON | None,
+        max_items: int,
+        poll_interval: float,
+        max_batch_items: int | None = None,
+        on_poll: Callable[[float], None] | None = None,
+        reconcile_interval: float | None = None,
+    ) -> Batch:
+        return await self.inner.next_batch(
+            cursor, max_items, poll_interval, max_batch_items, on_poll, reconcile_interval
+        )
+
+    async def baseline(self) -> JSON:
+        return await self.inner.baseline()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.inner.close()
+            self._pools._unlisten(self.listener, self.inner.channel)

@@ -6,10 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_trigger_kit.sensors.base import IncrementalSensor
-from airflow_trigger_kit.sources.postgres import DEFAULT_STATEMENT_TIMEOUT, PostgresWatchConfig
+from airflow_trigger_kit.sources.postgres import (
+    DEFAULT_STATEMENT_TIMEOUT,
+    PostgresWatchConfig,
+    validate_notify_channel,
+)
 from airflow_trigger_kit.triggers.postgres import (
     DEFAULT_POSTGRES_CONN_ID,
     PostgresRowsTrigger,
+    postgres_source_kwargs,
     validate_postgres_conn_id,
 )
 
@@ -22,7 +27,7 @@ class PostgresRowsSensor(IncrementalSensor):
     ``max_items``; the rest come with the next run. Parameters as
     :class:`~airflow_trigger_kit.triggers.postgres.PostgresRowsTrigger` (``table``, ``detection``,
     ``columns``, ``watermark_columns``, ``key_columns``, ``filter``, ``query``, ``xid_column``,
-    ``lookback``, ``statement_timeout``, ``postgres_conn_id``) plus those of
+    ``lookback``, ``statement_timeout``, ``postgres_conn_id``, ``notify_channel``) plus those of
     :class:`~airflow_trigger_kit.sensors.base.IncrementalSensor`. ``filter`` and ``query`` are
     templated.
 
@@ -48,6 +53,7 @@ class PostgresRowsSensor(IncrementalSensor):
         lookback: float | None = None,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
+        notify_channel: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -62,6 +68,7 @@ class PostgresRowsSensor(IncrementalSensor):
         self.lookback = lookback
         self.statement_timeout = statement_timeout
         self.postgres_conn_id = validate_postgres_conn_id(postgres_conn_id)
+        self.notify_channel = validate_notify_channel(notify_channel)
         if not _templated(filter) and not _templated(query):
             self.source_kwargs()  # validate at DAG parse time
 
@@ -78,7 +85,7 @@ class PostgresRowsSensor(IncrementalSensor):
             lookback=self.lookback,
             statement_timeout=self.statement_timeout,
         )
-        return {**config.to_kwargs(), "postgres_conn_id": self.postgres_conn_id}
+        return postgres_source_kwargs(config, self.postgres_conn_id, self.notify_channel)
 
 
 def _templated(value: str | None) -> bool:

@@ -13,8 +13,10 @@ from airflow_trigger_kit.sources.postgres import (
     DEFAULT_STATEMENT_TIMEOUT,
     PostgresSource,
     PostgresWatchConfig,
+    validate_notify_channel,
 )
 from airflow_trigger_kit.triggers.base import IncrementalTrigger
+from airflow_trigger_kit.triggers.session import Subscription
 
 DEFAULT_POSTGRES_CONN_ID = "postgres_default"
 APPLICATION_NAME = "airflow-trigger-kit-watch"
@@ -48,6 +50,10 @@ class PostgresRowsTrigger(IncrementalTrigger):
     :param statement_timeout: seconds any single statement may run.
     :param postgres_conn_id: the Airflow connection, looked up when the trigger runs; its password
         never enters the trigger's kwargs or logs.
+    :param notify_channel: a channel a trigger on the table notifies (``pg_notify``) after each write:
+        the triggerer listens to it (one connection per conn id) and polls as soon as a notification
+        arrives, and only every ``reconcile_interval`` otherwise. Off (``None``) by default; see
+        "Change notifications" in ``docs/postgres.md``.
 
     The common parameters (``namespace``, ``name``, ``mode``, ``start_from``, ``poll_interval``,
     ``max_items``, retries) are those of :class:`~airflow_trigger_kit.settings.WatchSettings`. The
@@ -76,6 +82,7 @@ class PostgresRowsTrigger(IncrementalTrigger):
         lookback: float | None = None,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
+        notify_channel: str | None = None,
         poll_interval: float = 30.0,
         **common: Unpack[CommonTriggerKwargs],
     ) -> None:
@@ -92,9 +99,10 @@ class PostgresRowsTrigger(IncrementalTrigger):
             statement_timeout=statement_timeout,
         )
         self.postgres_conn_id = validate_postgres_conn_id(postgres_conn_id)
+        self.notify_channel = validate_notify_channel(notify_channel)
         settings = WatchSettings(namespace=namespace, name=name, poll_interval=poll_interval, **common)
         super().__init__(
-            source_kwargs={**self.config.to_kwargs(), "postgres_conn_id": self.postgres_conn_id},
+            source_kwargs=postgres_source_kwargs(self.config, self.postgres_conn_id, self.notify_channel),
             settings=settings,
         )
 
@@ -117,6 +125,33 @@ class PostgresRowsTrigger(IncrementalTrigger):
 
         connector = get_hub().postgres_pools.connector(conn_id, connect_kwargs)
         return PostgresSource(self.config, label=f"postgres_conn_id={conn_id!r}", connector=connector)
+
+    async def subscribe(self) -> Subscription:
+        """The hub's channel of this watch; with ``notify_channel``, hinted by the conn id's listener too."""
+        from airflow_trigger_kit.hub import get_hub
+
+        hub = get_hub()
+        subscription = hub.channels.subscribe(self.source_identity(), self.build_shared_source)
+        if self.notify_channel is None:
+            return subscription
+        conn_id = self.postgres_conn_id
+
+        async def connect_kwargs() -> dict[str, Any]:
+            return await aconnect_kwargs(conn_id)
+
+        pools = hub.postgres_pools
+        return pools.listen(subscription, conn_id, self.notify_channel, connect_kwargs, hub.channels.ticker)
+
+
+def postgres_source_kwargs(config: PostgresWatchConfig, conn_id: str, notify_channel: str | None) -> dict[str, Any]:
+    """The serialized source parameters (the source identity): ``notify_channel`` only when set.
+
+    Left out when ``None``, so watches serialized before the parameter existed keep their identity.
+    """
+    kwargs: dict[str, Any] = {**config.to_kwargs(), "postgres_conn_id": conn_id}
+    if notify_channel is not None:
+        kwargs["notify_channel"] = notify_channel
+    return kwargs
 
 
 async def aconnect_kwargs(conn_id: str) -> dict[str, Any]:

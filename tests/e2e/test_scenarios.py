@@ -31,6 +31,8 @@ from tests.e2e.support import (
     event_ids,
     feeding,
     new_events,
+    wait_last_batch_committed,
+    wait_runs_landing_tails,
     wait_watchers_started,
 )
 
@@ -66,15 +68,12 @@ def test_event_driven_run_sees_items_through_triggering_asset_events(e2e: E2E, f
     """New data makes the asset-scheduled DAG run; its task reads the items from its asset events."""
     api = e2e.stack.api
     fed = {feeder.add_asset_item(f"event-{feeder.source}-{n}") for n in range(3)}
-    found = wait_delivered(
-        api,
-        feeder,
-        e2e.asset_ids[feeder.source],
-        fed,
-        timeout=DETECT_TIMEOUT,
-        check=e2e.stack.check_alive,
-        diagnose=e2e.stack.trigger_errors,
-    )
+    wait = {"timeout": DETECT_TIMEOUT, "check": e2e.stack.check_alive, "diagnose": e2e.stack.trigger_errors}
+    # With change notifications the three items can come in two events milliseconds apart, and Airflow
+    # 3.3.2 may leave the last event of a burst without a run until the asset's next event: once all
+    # are in events, uncounted tail items are that next event (see wait_runs_landing_tails).
+    wait_delivered(api, feeder, e2e.asset_ids[feeder.source], fed, require_runs=False, **wait)
+    found = wait_runs_landing_tails(e2e, feeder, fed, "event")
 
     runs = {run for d in found if d.identity in fed for run in d.run_ids}
     processed: set[str] = set()
@@ -123,7 +122,14 @@ def test_triggerer_restart_without_new_data_does_not_fire_again(e2e: E2E) -> Non
     api = e2e.stack.api
     feeders = list(e2e.feeders.values())
     for f in feeders:  # settle first: whatever earlier scenarios fed must be delivered before the restart
-        wait_delivered(api, f, e2e.asset_ids[f.source], f.asset_visible(), timeout=DETECT_TIMEOUT)
+        wait_delivered(api, f, e2e.asset_ids[f.source], f.asset_visible(), timeout=DETECT_TIMEOUT, require_runs=False)
+    for f in feeders:  # the asset's next events, for an event Airflow left without a run
+        wait_runs_landing_tails(e2e, f, f.asset_visible(), "settle")
+        # The tails in events too, and none still queued for a run: the quiet window below counts runs.
+        wait_delivered(api, f, e2e.asset_ids[f.source], f.asset_visible(), timeout=DETECT_TIMEOUT, require_runs=False)
+        queued = f"/dags/{f.asset_dag_id}/assets/queuedEvents"
+        wait_for(lambda q=queued: api.get(q)["total_entries"] == 0, DETECT_TIMEOUT, what=f"{queued} empty")
+        wait_last_batch_committed(e2e, f)
     events_before = {f.source: event_ids(e2e, f) for f in feeders}
     runs_before = {f.source: len(api.runs(f.asset_dag_id)) for f in feeders}
     versions_before = {f.source: e2e.state.get(ASSET_STATE_NAMESPACE, f.asset_name) for f in feeders}

@@ -18,6 +18,7 @@ from airflow_trigger_kit.payload import CURSOR_KEY
 from airflow_trigger_kit.state import ProcessState
 from airflow_trigger_kit.triggers.delivery import WatermarkProducer
 from airflow_trigger_kit.triggers.postgres import PostgresRowsTrigger
+from devtools.feeders import ORDERS_NOTIFY_SQL
 from tests.conftest import PgDatabase
 from tests.integration.test_postgres_support import execute, use_connection
 
@@ -55,6 +56,7 @@ def test_example_dags_parse_without_a_database(monkeypatch: pytest.MonkeyPatch) 
     (watcher,) = asset_module.order_rows.watchers
     assert isinstance(watcher.trigger, PostgresRowsTrigger) and watcher.trigger.settings.mode == "watcher"
     assert watcher.trigger.serialize()[1]["postgres_conn_id"] == "trigger_kit_orders"
+    assert watcher.trigger.serialize()[1]["notify_channel"] == "trigger_kit_orders"
 
 
 def test_sensor_dag_defers_resumes_and_totals_the_new_orders(
@@ -105,7 +107,7 @@ async def test_asset_dag_loads_the_rows_of_a_real_watcher_event(
     pg_db: PgDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_connection(monkeypatch, "trigger_kit_orders", pg_db.dsn)
-    await execute(pg_db.dsn, ORDERS)
+    await execute(pg_db.dsn, ORDERS + ORDERS_NOTIFY_SQL)  # the DAG listens: the table notifies
     module = load_dag_module(DAGS / "postgres_asset_dag.py")
     (watcher,) = module.order_rows.watchers
     _, kwargs = watcher.trigger.serialize()

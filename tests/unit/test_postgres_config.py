@@ -206,6 +206,7 @@ TRIGGER_CASES: list[dict[str, Any]] = [
         "cursor": {"v": 1, "d": "watermark", "cols": ["id"], "pos": ["41"], "lo": ["3"], "seg": []},
         "cursor_version": 7,
     },
+    {"namespace": "n", "name": "w", "table": "t", "watermark_columns": ["id"], "notify_channel": "orders_changed"},
 ]
 
 
@@ -300,3 +301,33 @@ def test_backlog_batches_are_bounded_and_validated() -> None:
         WatchSettings(namespace="n", name="w", backlog_max_items=20)
     with pytest.raises(ValueError, match="backlog_max_items must be an integer"):
         PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", backlog_max_items=10**9)
+
+
+@pytest.mark.parametrize("bad", ["", "1orders", "orders-changed", "orders changed", "a" * 64, 'x"; DROP', 7, ["ch"]])
+def test_notify_channel_must_be_an_identifier(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"notify_channel must be a Postgres identifier of at most 63 bytes") as info:
+        PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", notify_channel=bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_notify_channel_is_part_of_the_identity_and_left_out_when_off() -> None:
+    def make(channel: str | None) -> PostgresRowsTrigger:
+        return PostgresRowsTrigger(namespace="n", name="w", table="t", watermark_columns="id", notify_channel=channel)
+
+    off, on, other = make(None), make("orders_changed"), make("Orders_2$")
+    assert "notify_channel" not in off.serialize()[1], "watches serialized before the parameter keep their identity"
+    assert on.serialize()[1]["notify_channel"] == "orders_changed"
+    assert len({off.source_identity(), on.source_identity(), other.source_identity()}) == 3
+
+
+def test_sensor_and_asset_pass_notify_channel_to_the_trigger() -> None:
+    from airflow_trigger_kit.assets.postgres import postgres_asset
+    from airflow_trigger_kit.sensors.postgres import PostgresRowsSensor
+
+    sensor = PostgresRowsSensor(task_id="t", table="t", watermark_columns="id", notify_channel="orders_changed")
+    assert sensor.source_kwargs()["notify_channel"] == "orders_changed"
+    with pytest.raises(ValueError, match=r"notify_channel must be a Postgres identifier.*'no-such'"):
+        PostgresRowsSensor(task_id="t", table="t", watermark_columns="id", notify_channel="no-such")
+    asset = postgres_asset("orders", table="t", watermark_columns="id", notify_channel="orders_changed")
+    (watcher,) = asset.watchers
+    assert watcher.trigger.serialize()[1]["notify_channel"] == "orders_changed"

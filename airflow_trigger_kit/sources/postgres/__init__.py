@@ -147,7 +147,13 @@ from airflow_trigger_kit.sources.postgres.connections import (
     session_connect_kwargs,
 )
 from airflow_trigger_kit.sources.postgres.errors import classify_error, describe_target
-from airflow_trigger_kit.sources.postgres.identifiers import column_list, parse_table, quote_ident
+from airflow_trigger_kit.sources.postgres.identifiers import (
+    NOTIFY_CHANNEL_MAX_BYTES,
+    column_list,
+    parse_table,
+    quote_ident,
+    validate_notify_channel,
+)
 from airflow_trigger_kit.sources.postgres.json_values import (
     canonical_json,
     result_fingerprint,
@@ -193,6 +199,7 @@ __all__ = [
     "MAX_EXACT_ROWS",
     "MAX_SEGMENTS",
     "MAX_WINDOW_BYTES",
+    "NOTIFY_CHANNEL_MAX_BYTES",
     "NUMERIC_TYPES",
     "SEGMENT_ROWS",
     "SESSION_SETTINGS",
@@ -226,6 +233,7 @@ __all__ = [
     "session_connect_kwargs",
     "short_hash",
     "to_json_safe",
+    "validate_notify_channel",
     "window_bytes",
     "wrap64",
 ]

@@ -109,3 +109,29 @@ def column_list(param: str, value: str | Sequence[str] | None, *, allow_empty: b
     if not names and not allow_empty:
         raise ValueError(f"{param} must name at least one column, got []")
     return names
+
+
+NOTIFY_CHANNEL_MAX_BYTES = 63
+"""PostgreSQL's identifier length (``NAMEDATALEN - 1``): a longer channel name is truncated by the server."""
+
+
+def validate_notify_channel(value: str | None) -> str | None:
+    """``notify_channel`` as the exact channel name to ``LISTEN`` on (``None``: notifications off).
+
+    A plain identifier of at most 63 bytes, used exactly as given (it is quoted in ``LISTEN``, and
+    ``pg_notify(channel, ...)`` takes the exact name too): a longer name would be truncated by the
+    server and never match, and anything else is most likely a mistake (a table name, a DSN).
+    """
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not PLAIN_IDENT.match(value)
+        or len(value.encode("utf-8")) > NOTIFY_CHANNEL_MAX_BYTES
+    ):
+        raise ValueError(
+            f"notify_channel must be a Postgres identifier of at most {NOTIFY_CHANNEL_MAX_BYTES} bytes (letters, "
+            f"digits, _ and $, not starting with a digit), the channel your trigger function passes to pg_notify(); "
+            f"got {value!r}"
+        )
+    return value
