@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_s3_memory $(ARGS)
 	$(BIN)/python -m benchmarks.bench_s3_waits $(ARGS)
 	$(BIN)/python -m benchmarks.bench_latency_dir
+	$(BIN)/python -m benchmarks.bench_latency_pg
 	$(BIN)/python -m benchmarks.bench_latency_s3 $(ARGS)
 
 clean:

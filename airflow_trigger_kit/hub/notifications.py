@@ -163,7 +163,8 @@ class Listener:
     def _set_live(self, live: bool) -> None:
         if live != self.live:
             self.live = live
-            metrics.gauge("listener_up", 1.0 if live else 0.0, tags={"source": self.source_kind, "listener": self.name})
+            tags = {"source": self.source_kind, "listener": metrics.tag_value(self.name)}
+            metrics.gauge("listener_up", 1.0 if live else 0.0, tags=tags)
 
     # -- hints -------------------------------------------------------------------------------------
     def hint(self, key: Hashable | None = None) -> None:

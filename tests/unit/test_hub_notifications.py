@@ -190,3 +190,12 @@ async def test_a_waiter_woken_after_a_running_poll_began_is_polled_again() -> No
     running.cancel()
     first.close()
     second.close()
+
+
+def test_the_listener_up_gauge_carries_a_tag_value_statsd_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, str]] = []
+    monkeypatch.setattr("airflow_trigger_kit.metrics.gauge", lambda name, value, *, tags: sent.append(tags))
+    listener = QueueListener(Ticker(Poller().tick, "test"))
+    listener.name = "sqs http://127.0.0.1:4566/000000000000/uploads 'q'"
+    listener._set_live(True)
+    assert sent and all(c.isalnum() or c in "_.-/" for c in sent[0]["listener"]), sent
