@@ -248,8 +248,8 @@ class PostgresListener(Listener):
         name, count = self.watches.get(channel, (notify_channel, 0))
         self.watches[channel] = (name, count + 1)
         channel.listener = self
-        if name not in self.listening:
-            self._changed.set()
+        # Always: a LISTEN or UNLISTEN of this name may be in flight in ``_sync`` right now.
+        self._changed.set()
 
     def remove(self, channel: Channel) -> bool:
         """One subscription of ``channel`` ended; whether this listener still has any."""
@@ -279,12 +279,15 @@ class PostgresListener(Listener):
         await self._sync(conn)
         self.connected()
         while True:
-            self._changed.clear()
-            changed = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({changed, lost}, timeout=LISTEN_PING_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                changed.cancel()
+            # A change that came during the last sync or ping is still flagged: no wait then.
+            if not self._changed.is_set():
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait(
+                        {changed, lost}, timeout=LISTEN_PING_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    changed.cancel()
             if lost.done() or conn.is_closed():
                 # The base class logs, falls back to polling and reconnects.
                 raise TransientSourceError(f"the listening connection to {describe_target(kwargs)} was closed")
@@ -294,16 +297,24 @@ class PostgresListener(Listener):
                 await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_PING_TIMEOUT)
 
     async def _sync(self, conn: asyncpg.Connection) -> None:
-        """``LISTEN`` to new channels, ``UNLISTEN`` gone ones; hint the new ones (they may have missed one)."""
-        wanted = self.channels()
-        for name in sorted(self.listening - wanted):
-            await conn.remove_listener(name, self._notified)
-            self.listening.discard(name)
-        for name in sorted(wanted - self.listening):
-            await conn.add_listener(name, self._notified)
-            self.listening.add(name)
-            if self.live:
-                self.hint(name)
+        """``LISTEN`` to new channels, ``UNLISTEN`` gone ones; hint the new ones (they may have missed one).
+
+        Repeats until no watch came or went meanwhile: the flag is cleared before the wanted set is
+        read, so a change made during one of the awaits below is never lost.
+        """
+        while True:
+            self._changed.clear()
+            wanted = self.channels()
+            for name in sorted(self.listening - wanted):
+                await conn.remove_listener(name, self._notified)
+                self.listening.discard(name)
+            for name in sorted(wanted - self.listening):
+                await conn.add_listener(name, self._notified)
+                self.listening.add(name)
+                if self.live:
+                    self.hint(name)
+            if not self._changed.is_set():
+                return
 
     def _notified(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
         self.hint(channel)

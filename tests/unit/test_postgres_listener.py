@@ -64,3 +64,41 @@ async def test_the_listener_name_is_a_valid_metric_tag_whatever_the_conn_id() ->
     listener = PostgresListener("orders db (prod)'s", _kwargs, Ticker(_nothing, "test"))
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", listener.name), listener.name
     assert listener.name.startswith("postgres-orders_db")
+
+
+class SlowConnection:
+    """Stands in for asyncpg's LISTEN/UNLISTEN round trips: each one yields to the loop."""
+
+    def __init__(self, during: list[Any]) -> None:
+        self.during = during
+
+    async def add_listener(self, name: str, callback: Any) -> None:
+        await asyncio.sleep(0)
+        while self.during:
+            self.during.pop(0)()  # a watch comes or goes while this LISTEN is in flight
+
+    async def remove_listener(self, name: str, callback: Any) -> None:
+        await asyncio.sleep(0)
+        while self.during:
+            self.during.pop(0)()
+
+
+async def test_a_watch_that_arrives_during_a_listen_round_trip_is_listened_to() -> None:
+    listener = PostgresListener("db", _kwargs, Ticker(_nothing, "test"))
+    orders, invoices = Channel("orders", object()), Channel("invoices", object())  # type: ignore[arg-type]
+    listener.add(orders, "orders_changed")
+    conn = SlowConnection([lambda: listener.add(invoices, "invoices_changed")])
+    await listener._sync(conn)  # type: ignore[arg-type]
+    assert listener.listening == {"orders_changed", "invoices_changed"}
+    assert not listener._changed.is_set()
+
+
+async def test_a_channel_that_comes_back_during_its_unlisten_is_listened_to_again() -> None:
+    listener = PostgresListener("db", _kwargs, Ticker(_nothing, "test"))
+    first, second = Channel("a", object()), Channel("b", object())  # type: ignore[arg-type]
+    listener.add(first, "orders_changed")
+    await listener._sync(SlowConnection([]))  # type: ignore[arg-type]
+    listener.remove(first)  # its last watch ends; a new one on the same channel comes during UNLISTEN
+    conn = SlowConnection([lambda: listener.add(second, "orders_changed")])
+    await listener._sync(conn)  # type: ignore[arg-type]
+    assert listener.listening == {"orders_changed"}
