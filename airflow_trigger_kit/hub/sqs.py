@@ -187,6 +187,8 @@ class SqsListener(Listener):
         self.deleted = 0
         """Messages deleted after their handover."""
         self.delete_failures = 0
+        self._delete_failing = False
+        """Deletions are failing (warned once per streak)."""
         self.visibility_timeout = 30.0
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -290,13 +292,31 @@ class SqsListener(Listener):
     async def _delete_batch(self, client: Any, entries: list[dict[str, str]]) -> None:
         try:
             response = await client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        except Exception as exc:  # the messages come back and wake once more: harmless
+        except Exception as exc:  # the messages come back and wake once more: harmless once
             self.delete_failures += len(entries)
-            log.debug("trigger-kit %s: deleting %d message(s) failed: %s", self.name, len(entries), exc)
+            self._warn_delete_failed(len(entries), f"{type(exc).__name__}: {exc}")
             return
         failed = response.get("Failed") or []
         self.deleted += len(entries) - len(failed)
         self.delete_failures += len(failed)
+        if failed:
+            first = failed[0]
+            self._warn_delete_failed(len(failed), f"{first.get('Code')}: {first.get('Message')}")
+        else:
+            self._delete_failing = False
+
+    def _warn_delete_failed(self, count: int, error: str) -> None:
+        """Once per streak: messages never deleted come back after every visibility timeout, each
+        waking one more listing, until the queue's retention drops them (sqs:DeleteMessage missing?)."""
+        if not self._delete_failing:
+            self._delete_failing = True
+            log.warning(
+                "trigger-kit %s: deleting %d message(s) failed (they come back after the visibility timeout and "
+                "wake the watches again; does the connection have sqs:DeleteMessage?): %s",
+                self.name,
+                count,
+                error,
+            )
 
     async def stop(self) -> None:
         """Stop listening once the deletions already sent are answered (they need the client)."""
