@@ -15,6 +15,9 @@ Design and invariants:
   exactly the items and dedup ids it would have got polling alone.
 * **Background polls.** Polls run as tasks; the ticker never waits for one, so a slow listing on
   one channel delays no other. A waiter is in at most one poll at a time.
+* **Checks that come due.** A batch whose stats say ``checks_pending`` (a Postgres ``lookback``
+  window holding rows) makes its waiters poll again within ``poll_interval`` even while
+  notifications are live: those checks find late commits on a schedule, not on a notification.
 * **Errors reach the waiters of the failed poll only**; each trigger classifies and retries them
   with its own backoff, as it would alone.
 * **Lifetime.** The channel's source is created by its first subscriber and closed when its last
@@ -31,6 +34,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable
 
@@ -152,6 +156,11 @@ class ChannelHub:
                 if batch.cursor != waiter.cursor:
                     waiter.cursor = batch.cursor
                     waiter.cursor_key = cursor_key(batch.cursor)
+                if batch.stats.get("checks_pending"):
+                    # The source has checks that come due with time (a late-commit window), which no
+                    # notification announces: poll at poll_interval even while notifications are live.
+                    now = asyncio.get_running_loop().time()
+                    waiter.next_at = (math.floor(now / waiter.interval) + 1) * waiter.interval  # aligned
                 self.ticker.reschedule(waiter)
 
 

@@ -199,3 +199,40 @@ def test_the_listener_up_gauge_carries_a_tag_value_statsd_accepts(monkeypatch: p
     listener.name = "sqs http://127.0.0.1:4566/000000000000/uploads 'q'"
     listener._set_live(True)
     assert sent and all(c.isalnum() or c in "_.-/" for c in sent[0]["listener"]), sent
+
+
+class WindowSource(Source):
+    """Finds nothing, but says late-commit checks are pending (as a Postgres lookback window does)."""
+
+    kind = "test"
+
+    def __init__(self, pending: bool) -> None:
+        self.pending = pending
+
+    async def baseline(self) -> JSON:
+        return None
+
+    async def poll(self, cursor: JSON | None, max_items: int) -> Batch:
+        return Batch([], cursor, stats={"checks_pending": self.pending})
+
+
+class AlwaysLive:
+    live = True
+
+
+@pytest.mark.parametrize("pending", [True, False])
+async def test_pending_checks_keep_poll_interval_while_notifications_are_live(pending: bool) -> None:
+    hub = ChannelHub()
+    sub = hub.subscribe("window", lambda: WindowSource(pending))
+    sub.channel.listener = AlwaysLive()
+    wait = asyncio.ensure_future(sub.next_batch(None, 10, 30.0, reconcile_interval=1e9))
+    for _ in range(200):
+        waiters = hub.ticker.waiters()
+        if sub.channel.polls and waiters and not waiters[0].busy:
+            break
+        await asyncio.sleep(0.005)
+    now = asyncio.get_running_loop().time()
+    (waiter,) = hub.ticker.waiters()
+    assert (waiter.due <= now + 30.0) is pending, (waiter.due - now, pending)
+    wait.cancel()
+    sub.close()

@@ -239,6 +239,9 @@ class WatermarkDetection:
                 "window_segments": len(segments),
                 "window_rows": sum(s.n for s in segments),
                 "window_checked_rows": checked_rows,
+                # Rows in the window get late-commit checks on a schedule that needs polls: a watch
+                # woken by notifications keeps polling at poll_interval until the window empties.
+                "checks_pending": bool(segments),
             }
         return Batch(items, new_cursor, more=more, stats=stats)
 
