@@ -52,7 +52,7 @@ class Poller:
         future = asyncio.get_running_loop().create_future()
         w = Waiter(None, 10, interval, future, owner)
         w.listener = listener
-        w.reconcile = 7200.0
+        w.reconcile = 1e9  # ticks align to multiples on the loop clock: keep the next one far away
         return w
 
 
