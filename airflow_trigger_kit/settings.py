@@ -38,6 +38,11 @@ class CommonTriggerKwargs(TypedDict, total=False):
     retry_base_seconds: float
     retry_max_seconds: float
     reconcile_interval: float
+    min_event_spacing: float
+
+
+DEFAULT_MIN_EVENT_SPACING = 2.0
+"""Seconds between two events of one watcher, by default (see ``min_event_spacing``)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class WatchSettings:
         ``sqs_queue_url`` for S3): a notification wakes the watch at once, and this rarer poll
         finds whatever no notification announced. Without live notifications, ``poll_interval``
         applies.
+    :param min_event_spacing: watchers only: the least seconds between two events of the watch;
+        items found meanwhile go into the next event. The first event after a quiet spell goes out
+        at once. Airflow 3.3 can leave the later of two asset events that arrive while the
+        scheduler is queueing a run for the first without a DAG run until the asset's next event
+        (apache/airflow#62501, #54659); with change notifications a burst would otherwise become
+        events milliseconds apart. ``0`` sends every batch as soon as it is found.
     :param max_items: most items in one event while the watch is caught up; the rest follow in the
         next events.
     :param backlog_max_items: most items in one event while a backlog drains (a poll came back
@@ -80,6 +91,7 @@ class WatchSettings:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     reconcile_interval: float = 60.0
+    min_event_spacing: float = DEFAULT_MIN_EVENT_SPACING
 
     def __post_init__(self) -> None:
         try:
@@ -95,6 +107,14 @@ class WatchSettings:
         _positive("retry_base_seconds", self.retry_base_seconds)
         _positive("retry_max_seconds", self.retry_max_seconds)
         _positive("reconcile_interval", self.reconcile_interval)
+        if (
+            isinstance(self.min_event_spacing, bool)
+            or not isinstance(self.min_event_spacing, (int, float))
+            or not 0 <= self.min_event_spacing <= 3600
+        ):
+            raise ValueError(
+                f"min_event_spacing must be a number of seconds from 0 to 3600, got {self.min_event_spacing!r}"
+            )
         if isinstance(self.max_items, bool) or not isinstance(self.max_items, int) or self.max_items < 1:
             raise ValueError(f"max_items must be an integer >= 1, got {self.max_items!r}")
         if self.backlog_max_items is not None and (
@@ -128,6 +148,8 @@ class WatchSettings:
         }
         if self.backlog_max_items is not None:
             kwargs["backlog_max_items"] = self.backlog_max_items
+        if self.min_event_spacing != DEFAULT_MIN_EVENT_SPACING:
+            kwargs["min_event_spacing"] = self.min_event_spacing
         if self.mode == "sensor":
             kwargs["cursor"] = self.cursor
             kwargs["cursor_version"] = self.cursor_version

@@ -9,8 +9,9 @@ asset's ``AssetWatcher``) yields the event. Each event is acknowledged and its w
 (SQLite ProcessState) before the next write.
 
 * **notifications on** — one watcher with ``notify_channel`` (``poll_interval`` 30 s,
-  ``reconcile_interval`` 60 s: the defaults), one write at a time, a random 0-50 ms pause between
-  an event and the next write;
+  ``reconcile_interval`` 60 s: the defaults), one write at a time, a pause of
+  ``min_event_spacing`` (2 s, the default) plus 0-50 ms between an event and the next write (a
+  watcher sends a change that follows its previous event sooner with the next event, by design);
 * **notifications off** — ``poll_interval`` 30 s (the default), one watcher per table (so samples
   are independent), each table written once at a random moment of one poll interval;
 * **anchor: SqlSensor-style poke** — what Airflow's ``SqlSensor`` does with its default
@@ -37,6 +38,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="trigger-kit-bench
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
+from airflow_trigger_kit.settings import DEFAULT_MIN_EVENT_SPACING
 from benchmarks.common import emit, header, run_variants, table
 
 MODULE = "benchmarks.bench_latency_pg"
@@ -103,7 +105,9 @@ async def variant_on(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)  # the reconnect hint's poll is over
         for n in range(args.samples):
-            await asyncio.sleep(random.uniform(0, 0.05))
+            # After min_event_spacing, as a first change after a quiet spell: a change sooner than
+            # that after the previous event goes out with the next event, by design.
+            await asyncio.sleep(DEFAULT_MIN_EVENT_SPACING + random.uniform(0, 0.05))
             started = await write(writer, 0, f"on-{n}")
             _, pending = await asyncio.wait_for(pending_event, args.poll_interval * 4)
             latencies.append(time.perf_counter() - started)
@@ -226,7 +230,7 @@ async def setup(dsn: str, tables: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a small size, for `make test`")
-    parser.add_argument("--samples", type=int, default=200, help="writes with notifications on")
+    parser.add_argument("--samples", type=int, default=100, help="writes with notifications on")
     parser.add_argument("--tables", type=int, default=60, help="independent samples of each polling variant")
     parser.add_argument("--poll-interval", type=float, default=30.0)
     parser.add_argument("--reconcile-interval", type=float, default=60.0)

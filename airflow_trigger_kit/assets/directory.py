@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Asset
 
 from airflow_trigger_kit.assets.base import watched_asset
-from airflow_trigger_kit.settings import ASSET_NAMESPACE
+from airflow_trigger_kit.settings import ASSET_NAMESPACE, DEFAULT_MIN_EVENT_SPACING
 from airflow_trigger_kit.sources.directory import (
     DEFAULT_IGNORE_PATTERNS,
     DEFAULT_LOOKBACK_SECONDS,
@@ -31,6 +31,7 @@ def directory_asset(
     poll_interval: float = 5.0,
     max_items: int = 500,
     reconcile_interval: float = 60.0,
+    min_event_spacing: float = DEFAULT_MIN_EVENT_SPACING,
     notify: bool = True,
     uri: str | None = None,
     extra: dict[str, Any] | None = None,
@@ -54,6 +55,7 @@ def directory_asset(
         poll_interval=poll_interval,
         max_items=max_items,
         reconcile_interval=reconcile_interval,
+        min_event_spacing=min_event_spacing,
         notify=notify,
     )
     return watched_asset(name, trigger, uri=uri, extra=extra)

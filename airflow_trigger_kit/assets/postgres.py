@@ -29,7 +29,7 @@ from typing import Any
 from airflow.sdk import Asset
 
 from airflow_trigger_kit.assets.base import watched_asset
-from airflow_trigger_kit.settings import ASSET_NAMESPACE, StartFrom
+from airflow_trigger_kit.settings import ASSET_NAMESPACE, DEFAULT_MIN_EVENT_SPACING, StartFrom
 from airflow_trigger_kit.sources.postgres import DEFAULT_STATEMENT_TIMEOUT
 from airflow_trigger_kit.triggers.postgres import DEFAULT_POSTGRES_CONN_ID, PostgresRowsTrigger
 
@@ -53,6 +53,7 @@ def postgres_asset(
     poll_interval: float = 30.0,
     max_items: int = 500,
     reconcile_interval: float = 60.0,
+    min_event_spacing: float = DEFAULT_MIN_EVENT_SPACING,
     backlog_max_items: int | None = None,
     retry_base_seconds: float = 1.0,
     retry_max_seconds: float = 60.0,
@@ -86,6 +87,7 @@ def postgres_asset(
         poll_interval=poll_interval,
         max_items=max_items,
         reconcile_interval=reconcile_interval,
+        min_event_spacing=min_event_spacing,
         backlog_max_items=backlog_max_items,
         retry_base_seconds=retry_base_seconds,
         retry_max_seconds=retry_max_seconds,

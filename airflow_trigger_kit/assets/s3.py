@@ -24,7 +24,7 @@ from airflow.sdk import Asset
 
 from airflow_trigger_kit.assets.base import watched_asset
 from airflow_trigger_kit.aws_connection import DEFAULT_AWS_CONN_ID
-from airflow_trigger_kit.settings import ASSET_NAMESPACE, StartFrom
+from airflow_trigger_kit.settings import ASSET_NAMESPACE, DEFAULT_MIN_EVENT_SPACING, StartFrom
 from airflow_trigger_kit.triggers.s3 import S3ObjectsTrigger
 
 
@@ -46,6 +46,7 @@ def s3_asset(
     poll_interval: float = 30.0,
     max_items: int = 500,
     reconcile_interval: float = 60.0,
+    min_event_spacing: float = DEFAULT_MIN_EVENT_SPACING,
     uri: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Asset:
@@ -79,6 +80,7 @@ def s3_asset(
         poll_interval=poll_interval,
         max_items=max_items,
         reconcile_interval=reconcile_interval,
+        min_event_spacing=min_event_spacing,
     )
     return watched_asset(name, trigger, uri=uri, extra=extra)
 

@@ -21,7 +21,12 @@ Invariants:
 4. **Only clean outcomes commit.** An event whose outcome is not clean (ack timeout, a persist
    that was never confirmed, no subscriber online) stops the commit at the last clean batch and
    ends the stream, so the triggerer restarts the watcher from the committed cursor.
-5. **Bounded lead.** At most :data:`MAX_IN_FLIGHT` batches are yielded but not yet committed, so
+5. **Spaced events.** Two events of one watcher are at least ``min_event_spacing`` seconds apart
+   (default 2 s; the first after a quiet spell goes at once): Airflow 3.3 can leave the later of two
+   asset events that arrive while the scheduler queues a run for the first without a DAG run until
+   the asset's next event (apache/airflow#62501). The wait happens before the next poll, so what
+   lands meanwhile is found by that poll and goes into one event; nothing is held uncommitted.
+6. **Bounded lead.** At most :data:`MAX_IN_FLIGHT` batches are yielded but not yet committed, so
    a slow metadata database slows the watch down instead of piling up uncommitted work.
 
 Transient errors (the source, or the state store) are retried with backoff inside the stream;
@@ -97,9 +102,15 @@ class WatermarkProducer(SharedStreamProducer):
                 self.committed_version = version
                 self.log.info("%s: watching from committed cursor version %d", label, version)
                 telemetry.watcher_opened(self, version)
+                spacing = self.trigger.settings.min_event_spacing
+                loop = asyncio.get_running_loop()
+                last_event_at: float | None = None
                 while True:
                     await self._in_flight.acquire()
+                    if last_event_at is not None and (wait := last_event_at + spacing - loop.time()) > 0:
+                        await asyncio.sleep(wait)
                     batch = await session.next_batch(cursor)
+                    last_event_at = loop.time()
                     self._sequence += 1
                     raw_event = session.payload(batch, cursor)
                     self.log.info(
