@@ -112,7 +112,10 @@ def asset_part(stack: AirflowStack, feeders: dict[str, Feeder], asset_ids: dict[
                 )
             )
     print_table(rows)
-    say("(detection takes up to one poll_interval of each example watcher in dags/, plus settle_seconds for files)")
+    say(
+        "(change notifications wake the example watchers of dags/: files take settle_seconds, objects and rows "
+        "milliseconds; a watcher spaces its events by min_event_spacing, 2 s)"
+    )
 
 
 def print_table(rows: list[Row]) -> None:
