@@ -171,6 +171,11 @@ class ChannelSubscription:
         self.hub = hub
         self.channel = channel
         self.closed = False
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, release: Callable[[], None]) -> None:
+        """Also run ``release`` when the subscription closes (a notification listener's share of it)."""
+        self._on_close.append(release)
 
     @property
     def source(self) -> Source:
@@ -200,6 +205,8 @@ class ChannelSubscription:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            for release in self._on_close:
+                release()
             self.hub._release(self.channel)
 
 

@@ -50,7 +50,7 @@ import asyncpg
 from airflow_trigger_kit.hub.channels import Channel, ChannelSubscription
 from airflow_trigger_kit.hub.notifications import Listener
 from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
-from airflow_trigger_kit.sources.base import JSON, Batch, Source, TransientSourceError
+from airflow_trigger_kit.sources.base import TransientSourceError
 from airflow_trigger_kit.sources.postgres import (
     DEFAULT_STATEMENT_TIMEOUT,
     Connector,
@@ -141,8 +141,9 @@ class PostgresPools:
         notify_channel: str,
         resolve: Callable[[], Awaitable[dict[str, Any]]],
         ticker: Ticker,
-    ) -> ListeningSubscription:
-        """Make ``subscription``'s waiters hinted by ``notify_channel`` on the conn id's listener.
+    ) -> ChannelSubscription:
+        """Make ``subscription``'s waiters hinted by ``notify_channel`` on the conn id's listener
+        (until it closes).
 
         ``ticker`` is the one the subscription's waiters wait in (the hub's channel ticker).
         """
@@ -151,7 +152,9 @@ class PostgresPools:
             listener = self.listeners[conn_id] = PostgresListener(conn_id, resolve, ticker)
         listener.add(subscription.channel, notify_channel)
         listener.start()
-        return ListeningSubscription(self, subscription, listener)
+        channel = subscription.channel
+        subscription.on_close(lambda: self._unlisten(listener, channel))
+        return subscription
 
     def _unlisten(self, listener: PostgresListener, channel: Channel) -> None:
         if listener.remove(channel):
@@ -327,43 +330,3 @@ class PostgresListener(Listener):
                 await asyncio.wait_for(conn.close(), timeout=5)
             except Exception:
                 conn.terminate()
-
-
-class ListeningSubscription:
-    """A channel subscription whose watch is also hinted by its ``notify_channel`` (see :class:`PostgresListener`)."""
-
-    def __init__(self, pools: PostgresPools, inner: ChannelSubscription, listener: PostgresListener) -> None:
-        self._pools = pools
-        self.inner = inner
-        self.listener = listener
-        self.closed = False
-
-    @property
-    def channel(self) -> Channel:
-        return self.inner.channel
-
-    @property
-    def source(self) -> Source:
-        return self.inner.source
-
-    async def next_batch(
-        self,
-        cursor: JSON | None,
-        max_items: int,
-        poll_interval: float,
-        max_batch_items: int | None = None,
-        on_poll: Callable[[float], None] | None = None,
-        reconcile_interval: float | None = None,
-    ) -> Batch:
-        return await self.inner.next_batch(
-            cursor, max_items, poll_interval, max_batch_items, on_poll, reconcile_interval
-        )
-
-    async def baseline(self) -> JSON:
-        return await self.inner.baseline()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.inner.close()
-            self._pools._unlisten(self.listener, self.inner.channel)

@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,6 @@ from airflow_trigger_kit.aws_connection import aresolve_client_config
 from airflow_trigger_kit.hub.channels import Channel, ChannelSubscription
 from airflow_trigger_kit.hub.notifications import Listener
 from airflow_trigger_kit.hub.scheduling import Ticker, Waiter
-from airflow_trigger_kit.sources.base import JSON, Batch, Source
 from airflow_trigger_kit.sources.s3.listing_cache import ListingCache
 from airflow_trigger_kit.sources.s3.notifications import concerns, listing_concerns, parse_message, queue_region
 
@@ -339,8 +338,9 @@ class SqsListeners:
         self.listeners: dict[tuple[str | None, str], SqsListener] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
-    def attach(self, subscription: ChannelSubscription, conn_id: str | None, queue_url: str) -> NotifiedSubscription:
-        """Let the queue wake ``subscription``'s channel (starting its listener if it is the first)."""
+    def attach(self, subscription: ChannelSubscription, conn_id: str | None, queue_url: str) -> ChannelSubscription:
+        """Let the queue wake ``subscription``'s channel (starting its listener if it is the first),
+        until the subscription closes."""
         key = (conn_id, queue_url)
         listener = self.listeners.get(key)
         if listener is None:
@@ -350,7 +350,8 @@ class SqsListeners:
         listener.channels[channel] = listener.channels.get(channel, 0) + 1
         channel.listener = listener
         channel.handed_over = listener.handed_over
-        return NotifiedSubscription(self, subscription, key)
+        subscription.on_close(lambda: self.detach(subscription, key))
+        return subscription
 
     def detach(self, subscription: ChannelSubscription, key: tuple[str | None, str]) -> None:
         listener = self.listeners.get(key)
@@ -370,43 +371,3 @@ class SqsListeners:
             task = asyncio.get_running_loop().create_task(listener.stop())
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
-
-
-class NotifiedSubscription:
-    """A watch's channel subscription whose waits its queue's notifications wake (see the module)."""
-
-    def __init__(self, listeners: SqsListeners, inner: ChannelSubscription, key: tuple[str | None, str]) -> None:
-        self.listeners = listeners
-        self.inner = inner
-        self.key = key
-        self.closed = False
-
-    @property
-    def source(self) -> Source:
-        return self.inner.source
-
-    @property
-    def channel(self) -> Channel:
-        return self.inner.channel
-
-    async def next_batch(
-        self,
-        cursor: JSON | None,
-        max_items: int,
-        poll_interval: float,
-        max_batch_items: int | None = None,
-        on_poll: Callable[[float], None] | None = None,
-        reconcile_interval: float | None = None,
-    ) -> Batch:
-        return await self.inner.next_batch(
-            cursor, max_items, poll_interval, max_batch_items, on_poll, reconcile_interval
-        )
-
-    async def baseline(self) -> JSON:
-        return await self.inner.baseline()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.listeners.detach(self.inner, self.key)
-            self.inner.close()
