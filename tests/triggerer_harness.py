@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from airflow.triggers.base import BaseEventTrigger
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger
 from airflow.triggers.shared_stream import SharedStreamManager
 
 
@@ -78,3 +78,13 @@ async def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.
         if loop.time() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def first_payload(trigger: BaseTrigger) -> dict[str, Any]:
+    """The payload of the first event ``trigger.run()`` yields; the generator is closed after it."""
+    gen = trigger.run()
+    try:
+        event = await gen.__anext__()
+    finally:
+        await gen.aclose()
+    return dict(event.payload)

@@ -21,7 +21,7 @@ from airflow_trigger_kit.hub import get_hub
 from airflow_trigger_kit.sources.directory import Listing, ListingKey
 from airflow_trigger_kit.sources.directory import listing as listing_module
 from airflow_trigger_kit.triggers import MultiDirectoryTrigger
-from tests.triggerer_harness import wait_until
+from tests.triggerer_harness import first_payload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,15 +65,6 @@ def sensor(dirs: list[Path], cursor: Any, **kw: Any) -> MultiDirectoryTrigger:
     }
     params.update(kw)
     return MultiDirectoryTrigger(**params)
-
-
-async def first_payload(trigger: MultiDirectoryTrigger) -> dict[str, Any]:
-    gen = trigger.run()
-    try:
-        event = await gen.__anext__()
-    finally:
-        await gen.aclose()
-    return event.payload
 
 
 def listings_of(dirs: list[Path], recursive: bool = False) -> list[Listing]:

@@ -19,7 +19,7 @@ from airflow_trigger_kit.triggers.postgres import APPLICATION_NAME, PostgresRows
 from devtools.services import PgServer, throwaway_postgres
 from tests.integration.test_postgres_support import use_connection
 from tests.services import find_pg_bindir
-from tests.triggerer_harness import wait_until
+from tests.triggerer_harness import first_payload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +81,6 @@ def waiting_trigger(conn_id: str, table: int, **kwargs: Any) -> PostgresRowsTrig
         retry_max_seconds=0.5,
         **kwargs,
     )
-
-
-async def first_payload(trigger: PostgresRowsTrigger) -> dict[str, Any]:
-    gen = trigger.run()
-    try:
-        event = await gen.__anext__()
-    finally:
-        await gen.aclose()
-    return event.payload
 
 
 @pytest.mark.parametrize("pool_size", [None, 2])

@@ -14,7 +14,7 @@ import pytest
 from airflow_trigger_kit.hub import get_hub
 from airflow_trigger_kit.sources.s3 import S3Source
 from tests.s3_support import ListCounter, create_bucket, s3_client, trigger, unique_bucket, use_connection
-from tests.triggerer_harness import wait_until
+from tests.triggerer_harness import first_payload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,6 @@ PREFIXES = ["in/", "other/"]
 @pytest.fixture(autouse=True)
 def s3_connection(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return use_connection(monkeypatch, s3_endpoint)
-
-
-async def first_payload(t: Any) -> dict[str, Any]:
-    gen = t.run()
-    try:
-        event = await gen.__anext__()
-    finally:
-        await gen.aclose()
-    return dict(event.payload)
 
 
 async def test_waits_of_different_polls_share_one_listing_chain_per_prefix_and_tick(s3_endpoint: str) -> None:

@@ -27,7 +27,7 @@ from airflow_trigger_kit.triggers.postgres import PostgresRowsTrigger
 from devtools.feeders import ORDERS_DDL, ORDERS_NOTIFY_SQL
 from tests.conftest import PgDatabase
 from tests.integration.test_postgres_support import use_connection
-from tests.triggerer_harness import wait_until
+from tests.triggerer_harness import first_payload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +95,6 @@ async def baseline(conn_id: str, table: str = "public.orders") -> Any:
         return await source.baseline()
     finally:
         await source.aclose()
-
-
-async def first_payload(trigger: PostgresRowsTrigger) -> dict[str, Any]:
-    gen = trigger.run()
-    try:
-        event = await gen.__anext__()
-    finally:
-        await gen.aclose()
-    return event.payload
 
 
 def customers(payload: dict[str, Any]) -> list[str]:

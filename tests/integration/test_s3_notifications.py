@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import pytest
 
@@ -34,7 +33,7 @@ from tests.s3_support import (
     unique_bucket,
     use_connection,
 )
-from tests.triggerer_harness import wait_until
+from tests.triggerer_harness import first_payload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +81,6 @@ def quiet(queue_url: str, waiters: int = 1) -> bool:
     now = asyncio.get_running_loop().time()
     mine = [w for w in get_hub().channels.ticker.waiters() if w.owner is channel]
     return len(mine) == waiters and all(not w.busy and w.due - now > 60 for w in mine)
-
-
-async def first_payload(t: Any) -> dict[str, Any]:
-    gen = t.run()
-    try:
-        event = await gen.__anext__()
-    finally:
-        await gen.aclose()
-    return dict(event.payload)
 
 
 async def test_a_notification_wakes_a_watch_that_would_not_poll_for_an_hour(s3_endpoint: str) -> None:
